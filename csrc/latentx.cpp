@@ -1,0 +1,52 @@
+// The compiled module latentx._C: a pybind11 module that reports the build's facts, and
+// whose loading runs every TORCH_LIBRARY registration. Every op schema is declared here,
+// once; each device registers its kernels in ops/<device>/<op>_kernel.*.
+#include <ATen/Parallel.h>
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+#include <torch/version.h>
+
+#ifndef LATENTX_CUDA_ARCHS
+#define LATENTX_CUDA_ARCHS ""
+#endif
+#ifndef LATENTX_CUDA_VERSION
+#define LATENTX_CUDA_VERSION ""
+#endif
+
+TORCH_LIBRARY(latentx, m) {
+  // step_sizes / radii (one value per sample, [B]) replace step_size / radius when given.
+  m.def(
+      "ifgsm_step(Tensor z, Tensor grad, float step_size, Tensor? step_sizes, Tensor? anchor, "
+      "float? radius, Tensor? radii, float? lower, float? upper, bool ascend) -> Tensor");
+  m.def(
+      "ifgsm_step_(Tensor(a!) z, Tensor grad, float step_size, Tensor? step_sizes, "
+      "Tensor? anchor, float? radius, Tensor? radii, float? lower, float? upper, "
+      "bool ascend) -> ()");
+}
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "latentx native library: build facts; ops live under torch.ops.latentx";
+  m.def(
+      "build_info",
+      [] {
+        py::dict info;
+        info["torch_version"] = TORCH_VERSION;
+#ifdef LATENTX_WITH_CUDA
+        info["cuda"] = true;
+#else
+        info["cuda"] = false;
+#endif
+        info["cuda_version"] = LATENTX_CUDA_VERSION;
+        info["cuda_archs"] = LATENTX_CUDA_ARCHS;
+#ifdef _OPENMP
+        info["openmp"] = true;
+#else
+        info["openmp"] = false;
+#endif
+        info["num_threads"] = at::get_num_threads();
+        return info;
+      },
+      "Facts about this build: torch it was built against, CUDA, architectures, OpenMP.");
+}

@@ -1,0 +1,12 @@
+"""latentx: fast latent-space optimisation for generative networks.
+
+C++ and CUDA kernels under a PyTorch API, each with a pure-PyTorch reference that is the
+test oracle and the fallback when the compiled library is absent. ``latentx.ops.backend()``
+says which implementation runs.
+"""
+
+from latentx import ops
+from latentx.ops import backend
+
+__version__ = "0.1.0"
+__all__ = ["backend", "ops", "__version__"]

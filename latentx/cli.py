@@ -1,0 +1,66 @@
+"""The ``latentx`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from latentx.benchmarks import run
+
+    return run.main(args.bench_args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    # Until projection lands (issue: transformation-aware projection), the demo shows the
+    # library working: the backend in use and the benchmark table at a small size.
+    from latentx.benchmarks import run
+
+    print("latentx demo: backend and a quick benchmark (projection demo comes with `latentx project`)")
+    return run.main(["--quick"])
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import latentx
+
+    print(json.dumps(latentx.backend(args.device), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latentx",
+        description="Latent-space optimisation for generative networks: project photos into "
+        "a generator, refine latents, edit attributes — on fused C++/CUDA kernels.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser("demo", help="run the main job on the embedded default generator")
+    demo.set_defaults(func=_cmd_demo)
+
+    bench = sub.add_parser(
+        "bench",
+        help="run the microbenchmarks and print one table",
+        description="Run the microbenchmarks (reference vs native, with the ratio). "
+        "Arguments after `bench` go to the runner; see `latentx bench --help`.",
+        add_help=False,
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_cmd_bench)
+
+    info = sub.add_parser("info", help="print which implementation runs and the build's facts")
+    info.add_argument("--device", default="cpu", help="device to report on (default: cpu)")
+    info.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""latentx ops: each a native kernel (CPU, CUDA) with a pure-PyTorch reference.
+
+Every op takes ``impl="auto" | "native" | "reference"``; :func:`backend` says what ``auto``
+resolves to and why. The native ops are also reachable as ``torch.ops.latentx.<name>``.
+"""
+
+from latentx.ops._native import backend, build_info
+from latentx.ops.ifgsm import ifgsm_step, ifgsm_step_
+
+__all__ = ["backend", "build_info", "ifgsm_step", "ifgsm_step_"]

@@ -1,0 +1,112 @@
+"""The fused I-FGSM sign step (SPEC A2; AdvLatGAN eq. 6) — public wrappers and fake kernels."""
+
+from __future__ import annotations
+
+from numbers import Real
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from latentx.ops import _native, reference
+
+Scalar = Union[float, int]
+
+
+def _split(name: str, value: Union[Tensor, Scalar, None]) -> tuple[Optional[float], Optional[Tensor]]:
+    """A number goes to the op's float argument, a tensor to its per-sample one."""
+    if value is None or isinstance(value, Tensor):
+        return None, value
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"ifgsm_step: {name} must be a number or a tensor, got {type(value).__name__}")
+    return float(value), None
+
+
+def _native_args(step_size, radius, lower, upper):
+    step, steps = _split("step_size", step_size)
+    rad, radii = _split("radius", radius)
+    for name, bound in (("lower", lower), ("upper", upper)):
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, Real)):
+            raise TypeError(f"ifgsm_step: {name} must be a number, got {type(bound).__name__}")
+    lo = None if lower is None else float(lower)
+    hi = None if upper is None else float(upper)
+    return (0.0 if step is None else step), steps, rad, radii, lo, hi
+
+
+def ifgsm_step(
+    z: Tensor,
+    grad: Tensor,
+    *,
+    step_size: Union[Tensor, Scalar],
+    anchor: Optional[Tensor] = None,
+    radius: Union[Tensor, Scalar, None] = None,
+    lower: Optional[Scalar] = None,
+    upper: Optional[Scalar] = None,
+    ascend: bool = False,
+    impl: str = "auto",
+) -> Tensor:
+    """One I-FGSM step, clamped to the ℓ∞ ball around ``anchor`` and to ``[lower, upper]``.
+
+    ``z' = clamp(clamp(z − s·sign(grad), anchor − r, anchor + r), lower, upper)`` (``+`` when
+    ``ascend``), in one pass over memory. Not differentiable: it is an optimizer update, and
+    the result never requires grad.
+
+    Args:
+        z: latents [B, ...], float16 / bfloat16 / float32 / float64.
+        grad: ∂L/∂z, z's shape, dtype and device.
+        step_size: s ≥ 0: a number, or a tensor of one value per sample [B].
+        anchor: z₀ [B, ...], the centre of the ℓ∞ ball (AdvLatGAN's starting latents).
+        radius: r ≥ 0: a number or [B]; given exactly when ``anchor`` is.
+        lower, upper: box bounds (numbers); pix2latent truncates at ±2.
+        ascend: ascend the loss instead of descending it.
+        impl: ``"auto"`` (native when available, else the reference; ``LATENTX_IMPL``
+            changes the default), ``"native"`` or ``"reference"``.
+
+    Returns:
+        z', a new tensor like ``z``. Arithmetic runs in float32 (float64 for float64 inputs)
+        and rounds once; sign(0) = 0 and a NaN in ``grad`` gives NaN in that element.
+    """
+    if not _native.use_native(impl, z.device):
+        return reference.ifgsm_step(z, grad, step_size, anchor, radius, lower, upper, ascend)
+    step, steps, rad, radii, lo, hi = _native_args(step_size, radius, lower, upper)
+    return torch.ops.latentx.ifgsm_step(z, grad, step, steps, anchor, rad, radii, lo, hi, ascend)
+
+
+def ifgsm_step_(
+    z: Tensor,
+    grad: Tensor,
+    *,
+    step_size: Union[Tensor, Scalar],
+    anchor: Optional[Tensor] = None,
+    radius: Union[Tensor, Scalar, None] = None,
+    lower: Optional[Scalar] = None,
+    upper: Optional[Scalar] = None,
+    ascend: bool = False,
+    impl: str = "auto",
+) -> Tensor:
+    """In-place :func:`ifgsm_step`: writes z' into ``z`` and returns ``z``."""
+    if not _native.use_native(impl, z.device):
+        with torch.no_grad():
+            return z.copy_(reference.ifgsm_step(z, grad, step_size, anchor, radius, lower, upper, ascend))
+    step, steps, rad, radii, lo, hi = _native_args(step_size, radius, lower, upper)
+    torch.ops.latentx.ifgsm_step_(z, grad, step, steps, anchor, rad, radii, lo, hi, ascend)
+    return z
+
+
+if _native._C is not None:
+
+    def _check_fake(z: Tensor, grad: Tensor, anchor: Optional[Tensor]) -> None:
+        torch._check(grad.shape == z.shape, lambda: "ifgsm_step: grad must have z's shape")
+        torch._check(grad.dtype == z.dtype, lambda: "ifgsm_step: grad must have z's dtype")
+        if anchor is not None:
+            torch._check(anchor.shape == z.shape, lambda: "ifgsm_step: anchor must have z's shape")
+
+    @torch.library.register_fake("latentx::ifgsm_step")
+    def _(z, grad, step_size, step_sizes, anchor, radius, radii, lower, upper, ascend):
+        _check_fake(z, grad, anchor)
+        return torch.empty_like(z, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("latentx::ifgsm_step_")
+    def _(z, grad, step_size, step_sizes, anchor, radius, radii, lower, upper, ascend):
+        _check_fake(z, grad, anchor)
+        return None

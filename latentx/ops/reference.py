@@ -1,0 +1,167 @@
+"""Pure-PyTorch references of every latentx op.
+
+Each is the oracle the native kernels are tested against and the fallback when the compiled
+library is absent. They check their arguments exactly as the native ops do (same argument
+names, same exception types) and compute in the same precision: float32 for float16 /
+bfloat16 / float32 inputs, float64 for float64, rounding once at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+Scalar = Union[float, int]
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype arithmetic runs in for tensors of ``dtype``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --- argument checks (mirroring csrc/common/checks.h) -------------------------------------
+
+
+def check_float(op: str, name: str, t: Tensor) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{op}: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}"
+        )
+
+
+def check_like(op: str, name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+    if t.device != ref.device:
+        raise ValueError(
+            f"{op}: {name} must be on the same device as {ref_name} ({ref.device}), got {t.device}"
+        )
+    if t.dtype != ref.dtype:
+        raise TypeError(
+            f"{op}: {name} must have the same dtype as {ref_name} ({ref.dtype}), got {t.dtype}"
+        )
+    if t.shape != ref.shape:
+        raise ValueError(
+            f"{op}: {name} must have the same shape as {ref_name} {list(ref.shape)}, "
+            f"got {list(t.shape)}"
+        )
+
+
+def check_per_sample(op: str, name: str, t: Tensor, ref: Tensor) -> None:
+    """``t`` holds one value, or one per sample of ``ref`` (shape [B] or [B,1,...,1])."""
+    if t.device != ref.device:
+        raise ValueError(f"{op}: {name} must be on the same device as z ({ref.device}), got {t.device}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: {name} must be a floating tensor, got {t.dtype}")
+    rows = 1 if ref.dim() == 0 else ref.shape[0]
+    per_row = t.dim() >= 1 and t.shape[0] == rows and t.numel() == rows
+    if not (t.numel() == 1 or per_row):
+        raise ValueError(
+            f"{op}: {name} must hold one value or one per sample (shape [{rows}]), "
+            f"got shape {list(t.shape)}"
+        )
+
+
+def check_nonnegative(op: str, name: str, value: Union[Tensor, Scalar], allow_inf: bool) -> None:
+    """Values >= 0 (and finite unless ``allow_inf``); NaN always fails."""
+    what = "non-negative" if allow_inf else "finite and non-negative"
+    if isinstance(value, Tensor):
+        ok = value.ge(0) if allow_inf else value.ge(0) & value.isfinite()
+        if value.numel() and not bool(ok.all()):
+            raise ValueError(f"{op}: {name} must be {what} everywhere (NaN is not allowed)")
+    elif not (value >= 0) or (not allow_inf and math.isinf(value)):
+        raise ValueError(f"{op}: {name} must be {what}, got {value}")
+
+
+def per_sample(value: Union[Tensor, Scalar], ref: Tensor, dtype: torch.dtype) -> Union[Tensor, float]:
+    """A scalar, or a per-sample tensor shaped to broadcast over ``ref``'s sample dims."""
+    if not isinstance(value, Tensor):
+        return float(value)
+    value = value.reshape(-1).to(dtype)
+    if value.numel() == 1:
+        return value.reshape(())
+    return value.reshape((-1,) + (1,) * (ref.dim() - 1))
+
+
+# --- ops ----------------------------------------------------------------------------------
+
+
+def check_ifgsm_step(
+    z: Tensor,
+    grad: Tensor,
+    step_size: Union[Tensor, Scalar],
+    anchor: Optional[Tensor],
+    radius: Union[Tensor, Scalar, None],
+    lower: Optional[Scalar],
+    upper: Optional[Scalar],
+) -> None:
+    op = "ifgsm_step"
+    check_float(op, "z", z)
+    check_like(op, "grad", grad, "z", z)
+    if isinstance(step_size, Tensor):
+        check_per_sample(op, "step_size", step_size, z)
+    check_nonnegative(op, "step_size", step_size, allow_inf=False)
+    if (anchor is None) != (radius is None):
+        got = "an anchor without a radius" if anchor is not None else "a radius without an anchor"
+        raise ValueError(
+            f"{op}: anchor and radius go together (the l-inf ball of radius r around the "
+            f"anchor); got {got}"
+        )
+    if anchor is not None:
+        check_like(op, "anchor", anchor, "z", z)
+        if isinstance(radius, Tensor):
+            check_per_sample(op, "radius", radius, z)
+        check_nonnegative(op, "radius", radius, allow_inf=True)
+    for name, bound in (("lower", lower), ("upper", upper)):
+        if bound is not None and math.isnan(bound):
+            raise ValueError(f"{op}: {name} must not be NaN")
+    if lower is not None and upper is not None and not lower <= upper:
+        raise ValueError(f"{op}: lower must be <= upper, got lower={lower} > upper={upper}")
+
+
+def ifgsm_step(
+    z: Tensor,
+    grad: Tensor,
+    step_size: Union[Tensor, Scalar],
+    anchor: Optional[Tensor] = None,
+    radius: Union[Tensor, Scalar, None] = None,
+    lower: Optional[Scalar] = None,
+    upper: Optional[Scalar] = None,
+    ascend: bool = False,
+) -> Tensor:
+    """I-FGSM sign step with ℓ∞-ball and box clamping (SPEC A2), eagerly.
+
+    Args:
+        z: latents [B, ...] (or any shape when no parameter is per-sample).
+        grad: ∂L/∂z, z's shape and dtype.
+        step_size: s, a number or a tensor of one value per sample [B].
+        anchor: z₀, z's shape; the centre of the ℓ∞ ball.
+        radius: r, a number or [B]; required with ``anchor``.
+        lower, upper: the box, numbers.
+        ascend: step up the gradient instead of down.
+
+    Returns:
+        z' (z's shape and dtype), never requiring grad:
+        clamp(clamp(z ∓ s·sign(g), z₀ − r, z₀ + r), lower, upper), where sign keeps NaN.
+    """
+    check_ifgsm_step(z, grad, step_size, anchor, radius, lower, upper)
+    with torch.no_grad():
+        dtype = opmath_dtype(z.dtype)
+        g = grad.to(dtype)
+        # torch.sign(nan) is 0; the step must keep NaN so a broken gradient shows.
+        sign = torch.where(torch.isnan(g), g, torch.sign(g))
+        step = per_sample(step_size, z, dtype)
+        out = z.to(dtype) + step * sign if ascend else z.to(dtype) - step * sign
+        if anchor is not None:
+            a = anchor.to(dtype)
+            r = per_sample(radius, z, dtype)
+            out = torch.minimum(torch.maximum(out, a - r), a + r)
+        if lower is not None or upper is not None:
+            out = out.clamp(min=lower, max=upper)
+        return out.to(z.dtype)
