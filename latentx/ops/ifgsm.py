@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from numbers import Real
 from typing import Optional, Union
 
 import torch
@@ -13,23 +12,19 @@ from latentx.ops import _native, reference
 Scalar = Union[float, int]
 
 
-def _split(name: str, value: Union[Tensor, Scalar, None]) -> tuple[Optional[float], Optional[Tensor]]:
-    """A number goes to the op's float argument, a tensor to its per-sample one."""
-    if value is None or isinstance(value, Tensor):
-        return None, value
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"ifgsm_step: {name} must be a number or a tensor, got {type(value).__name__}")
-    return float(value), None
-
-
 def _native_args(step_size, radius, lower, upper):
-    step, steps = _split("step_size", step_size)
-    rad, radii = _split("radius", radius)
-    for name, bound in (("lower", lower), ("upper", upper)):
-        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, Real)):
-            raise TypeError(f"ifgsm_step: {name} must be a number, got {type(bound).__name__}")
-    lo = None if lower is None else float(lower)
-    hi = None if upper is None else float(upper)
+    """Numbers go to the op's float arguments, tensors to its per-sample ones."""
+    for name, value, tensor_ok in (("step_size", step_size, True), ("radius", radius, True),
+                                   ("lower", lower, False), ("upper", upper, False)):
+        if value is not None:
+            reference.check_number_or_tensor("ifgsm_step", name, value, tensor_ok)
+
+    def split(value):
+        return (None, value) if value is None or isinstance(value, Tensor) else (float(value), None)
+
+    step, steps = split(step_size)
+    rad, radii = split(radius)
+    lo, hi = (None if b is None else float(b) for b in (lower, upper))
     return (0.0 if step is None else step), steps, rad, radii, lo, hi
 
 
@@ -96,10 +91,11 @@ def ifgsm_step_(
 if _native._C is not None:
 
     def _check_fake(z: Tensor, grad: Tensor, anchor: Optional[Tensor]) -> None:
-        torch._check(grad.shape == z.shape, lambda: "ifgsm_step: grad must have z's shape")
-        torch._check(grad.dtype == z.dtype, lambda: "ifgsm_step: grad must have z's dtype")
+        # Device, dtype and shape are static under tracing: the same checks as the kernels.
+        reference.check_float("ifgsm_step", "z", z)
+        reference.check_like("ifgsm_step", "grad", grad, "z", z)
         if anchor is not None:
-            torch._check(anchor.shape == z.shape, lambda: "ifgsm_step: anchor must have z's shape")
+            reference.check_like("ifgsm_step", "anchor", anchor, "z", z)
 
     @torch.library.register_fake("latentx::ifgsm_step")
     def _(z, grad, step_size, step_sizes, anchor, radius, radii, lower, upper, ascend):

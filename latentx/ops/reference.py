@@ -9,6 +9,7 @@ bfloat16 / float32 inputs, float64 for float64, rounding once at the end.
 from __future__ import annotations
 
 import math
+from numbers import Real
 from typing import Optional, Union
 
 import torch
@@ -51,6 +52,15 @@ def check_like(op: str, name: str, t: Tensor, ref_name: str, ref: Tensor) -> Non
             f"{op}: {name} must have the same shape as {ref_name} {list(ref.shape)}, "
             f"got {list(t.shape)}"
         )
+
+
+def check_number_or_tensor(op: str, name: str, value: object, tensor_ok: bool = True) -> None:
+    """A real number (not a bool), or, where ``tensor_ok``, a tensor."""
+    if tensor_ok and isinstance(value, Tensor):
+        return
+    if isinstance(value, bool) or not isinstance(value, Real):
+        what = "a number or a tensor" if tensor_ok else "a number"
+        raise TypeError(f"{op}: {name} must be {what}, got {type(value).__name__}")
 
 
 def check_per_sample(op: str, name: str, t: Tensor, ref: Tensor) -> None:
@@ -104,6 +114,7 @@ def check_ifgsm_step(
     op = "ifgsm_step"
     check_float(op, "z", z)
     check_like(op, "grad", grad, "z", z)
+    check_number_or_tensor(op, "step_size", step_size)
     if isinstance(step_size, Tensor):
         check_per_sample(op, "step_size", step_size, z)
     check_nonnegative(op, "step_size", step_size, allow_inf=False)
@@ -115,10 +126,13 @@ def check_ifgsm_step(
         )
     if anchor is not None:
         check_like(op, "anchor", anchor, "z", z)
+        check_number_or_tensor(op, "radius", radius)
         if isinstance(radius, Tensor):
             check_per_sample(op, "radius", radius, z)
         check_nonnegative(op, "radius", radius, allow_inf=True)
     for name, bound in (("lower", lower), ("upper", upper)):
+        if bound is not None:
+            check_number_or_tensor(op, name, bound, tensor_ok=False)
         if bound is not None and math.isnan(bound):
             raise ValueError(f"{op}: {name} must not be NaN")
     if lower is not None and upper is not None and not lower <= upper:
