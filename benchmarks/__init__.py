@@ -1,0 +1,1 @@
+"""latentx microbenchmarks (installed as ``latentx.benchmarks``; run with ``latentx bench``)."""

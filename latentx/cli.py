@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 def _cmd_bench(args: argparse.Namespace) -> int:
     from latentx.benchmarks import run
 
-    return run.main(args.bench_args)
+    return run.main(args.extra)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -45,10 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="run the microbenchmarks and print one table",
         description="Run the microbenchmarks (reference vs native, with the ratio). "
-        "Arguments after `bench` go to the runner; see `latentx bench --help`.",
+        "Options after `bench` go to the runner: --device, --quick, --repeats, --json.",
         add_help=False,
     )
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_cmd_bench)
 
     info = sub.add_parser("info", help="print which implementation runs and the build's facts")
@@ -58,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `bench` hands everything after it to the benchmark runner, which has its own --help.
+    args, args.extra = parser.parse_known_args(argv)
+    if args.extra and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(args.extra)}")
     return args.func(args)
 
 

@@ -78,17 +78,24 @@ void ifgsm_step_(at::Tensor& z, const at::Tensor& grad, double step_size,
   }
 }
 
-// NaN-propagating max / min (as torch.maximum / torch.minimum).
+// NaN-propagating max / min (as torch.maximum / torch.minimum). Plain selects, no
+// short-circuit logic, so the compiler turns loops over them into vector blends.
 template <typename T>
-LATENTX_HOST_DEVICE T max_nan(T a, T b) { return (a != a || a > b) ? a : b; }
+LATENTX_HOST_DEVICE T max_nan(T a, T b) {
+  const T m = a > b ? a : b;  // b when b is NaN
+  return a != a ? a : m;
+}
 template <typename T>
-LATENTX_HOST_DEVICE T min_nan(T a, T b) { return (a != a || a < b) ? a : b; }
+LATENTX_HOST_DEVICE T min_nan(T a, T b) {
+  const T m = a < b ? a : b;
+  return a != a ? a : m;
+}
 
 // One element of the step, in opmath precision. `step` carries the sign of the direction.
-// sign(g) keeps NaN (g * 0 is NaN only for NaN or inf, and inf takes an earlier branch).
 template <bool kAnchor, typename T>
 LATENTX_HOST_DEVICE T ifgsm_element(T z, T g, T anchor, T step, T radius, T lower, T upper) {
-  const T sign = g > T(0) ? T(1) : (g < T(0) ? T(-1) : g * T(0));
+  T sign = T(g > T(0)) - T(g < T(0));
+  sign = g != g ? g : sign;  // keep NaN (torch.sign would give 0) so a broken gradient shows
   T v = z - step * sign;
   if constexpr (kAnchor) {
     v = min_nan(max_nan(v, anchor - radius), anchor + radius);
