@@ -27,3 +27,10 @@ def test_console_script_installed():
     proc = subprocess.run([sys.executable, "-m", "latentx.cli", "--help"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and "latentx" in proc.stdout
+
+
+def test_bench_quick_runs_and_checks(capsys):
+    """The runner checks every variant against the reference before timing it."""
+    assert cli.main(["bench", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "ifgsm_step" in out and "reference (eager)" in out and "copy" in out

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install latentx, its build tools and its test tools into ./.venv, building the extension
+# against the installed, pinned torch (constraints.txt). Safe to run again: it reuses the venv
+# and rebuilds incrementally (build/).
+#
+# torch goes in first and alone, pinned: with no torch installed a bare requirement would
+# make pip fetch the newest CUDA build (GBs). The extension then builds with
+# --no-build-isolation so pip never resolves torch in an isolated build environment.
+#
+# LATENTX_REQUIRE_NVCC=1 makes the build fail when nvcc is missing (CI: the CUDA sources
+# must be compile-checked, not silently skipped).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+# shellcheck disable=SC1091
+. .venv/bin/activate
+
+pip install -q --disable-pip-version-check -c constraints.txt torch
+pip install -q --disable-pip-version-check -c constraints.txt \
+  scikit-build-core cmake ninja numpy pytest hypothesis
+build_flags=()
+if [ "${LATENTX_REQUIRE_NVCC:-0}" = 1 ]; then
+  build_flags+=(-C cmake.define.LATENTX_REQUIRE_NVCC=ON)
+fi
+pip install -q --disable-pip-version-check -c constraints.txt --no-build-isolation \
+  "${build_flags[@]}" -e ".[test]"
+python -c "import latentx; print('latentx installed; backend:', latentx.backend()['impl'])"
