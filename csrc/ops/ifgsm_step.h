@@ -20,9 +20,9 @@ namespace latentx {
 
 // Everything a device kernel needs, checked and laid out by prepare_ifgsm_step.
 struct IfgsmStepArgs {
-  at::Tensor z;           // [numel] contiguous, dtype T
-  at::Tensor grad;        // [numel] contiguous, dtype T
-  at::Tensor anchor;      // [numel] contiguous, dtype T; undefined without an anchor
+  at::Tensor z;           // z's shape, contiguous, dtype T
+  at::Tensor grad;        // z's shape, contiguous, dtype T
+  at::Tensor anchor;      // z's shape, contiguous, dtype T; undefined without an anchor
   at::Tensor step_sizes;  // [rows] contiguous, opmath dtype; undefined: use step_size
   at::Tensor radii;       // [rows] contiguous, opmath dtype; undefined: use radius
   double step_size = 0;   // already negated when ascending

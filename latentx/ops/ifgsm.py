@@ -57,6 +57,10 @@ def ifgsm_step(
         impl: ``"auto"`` (native when available, else the reference; ``LATENTX_IMPL``
             changes the default), ``"native"`` or ``"reference"``.
 
+    Per-sample tensors are checked (non-negative, not NaN) on the host, which on CUDA waits
+    for the device once per call; pass numbers where the values are the same for every
+    sample.
+
     Returns:
         z', a new tensor like ``z``. Arithmetic runs in float32 (float64 for float64 inputs)
         and rounds once; sign(0) = 0 and a NaN in ``grad`` gives NaN in that element.
