@@ -22,6 +22,20 @@ TORCH_LIBRARY(latentx, m) {
       "ifgsm_step_(Tensor(a!) z, Tensor grad, float step_size, Tensor? step_sizes, "
       "Tensor? anchor, float? radius, Tensor? radii, float? lower, float? upper, "
       "bool ascend) -> ()");
+
+  // Batched CMA-ES (SPEC A1). noise [B,L,d], mean [B,d], sigma [B], eigvecs [B,d,d] (None:
+  // diagonal CMA), sqrt_eigvals [B,d] -> (x, y) [B,L,d].
+  m.def(
+      "cma_sample(Tensor noise, Tensor mean, Tensor sigma, Tensor? eigvecs, Tensor sqrt_eigvals, "
+      "float? lower, float? upper) -> (Tensor, Tensor)");
+  // cov [B,d,d], pc [B,d], y [B,k,d], weights [B,k] or [k], decay [B]:
+  // decay*cov + c1*pc pc^T + cmu*sum_k w_k y_k y_k^T.
+  m.def(
+      "cma_covariance_update(Tensor cov, Tensor pc, Tensor y, Tensor weights, Tensor decay, "
+      "float c1, float cmu) -> Tensor");
+  m.def(
+      "cma_covariance_update_(Tensor(a!) cov, Tensor pc, Tensor y, Tensor weights, "
+      "Tensor decay, float c1, float cmu) -> ()");
 }
 
 namespace py = pybind11;

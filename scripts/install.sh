@@ -19,7 +19,7 @@ python=${PYTHON:-python3}
 
 pip install -q --disable-pip-version-check -c constraints.txt torch
 pip install -q --disable-pip-version-check -c constraints.txt \
-  scikit-build-core cmake ninja numpy pytest hypothesis
+  scikit-build-core cmake ninja numpy pytest hypothesis cma
 build_flags=()
 if [ "${LATENTX_REQUIRE_NVCC:-0}" = 1 ]; then
   build_flags+=(-C cmake.define.LATENTX_REQUIRE_NVCC=ON)

@@ -5,6 +5,15 @@ resolves to and why. The native ops are also reachable as ``torch.ops.latentx.<n
 """
 
 from latentx.ops._native import backend, build_info
+from latentx.ops.cma import cma_covariance_update, cma_covariance_update_, cma_sample
 from latentx.ops.ifgsm import ifgsm_step, ifgsm_step_
 
-__all__ = ["backend", "build_info", "ifgsm_step", "ifgsm_step_"]
+__all__ = [
+    "backend",
+    "build_info",
+    "cma_covariance_update",
+    "cma_covariance_update_",
+    "cma_sample",
+    "ifgsm_step",
+    "ifgsm_step_",
+]

@@ -179,3 +179,105 @@ def ifgsm_step(
         if lower is not None or upper is not None:
             out = out.clamp(min=lower, max=upper)
         return out.to(z.dtype)
+
+
+def check_cma_sample(noise, mean, sigma, eigvecs, sqrt_eigvals, lower, upper) -> None:
+    op = "cma_sample"
+    check_float(op, "noise", noise)
+    if noise.dim() != 3:
+        raise ValueError(f"{op}: noise must be [B, popsize, d], got shape {list(noise.shape)}")
+    b, _, d = noise.shape
+    for name, t, shape in (("mean", mean, [b, d]), ("sigma", sigma, [b]),
+                           ("sqrt_eigvals", sqrt_eigvals, [b, d]),
+                           ("eigvecs", eigvecs, [b, d, d])):
+        if t is None:
+            continue
+        check_float(op, name, t)
+        if t.device != noise.device or t.dtype != noise.dtype:
+            raise ValueError(f"{op}: {name} must match noise's device and dtype "
+                             f"({noise.device}, {noise.dtype}), got ({t.device}, {t.dtype})")
+        if list(t.shape) != shape:
+            raise ValueError(f"{op}: {name} must have shape {shape}, got {list(t.shape)}")
+    for name, bound in (("lower", lower), ("upper", upper)):
+        if bound is not None:
+            check_number_or_tensor(op, name, bound, tensor_ok=False)
+            if math.isnan(bound):
+                raise ValueError(f"{op}: {name} must not be NaN")
+    if lower is not None and upper is not None and not lower <= upper:
+        raise ValueError(f"{op}: lower must be <= upper, got lower={lower} > upper={upper}")
+
+
+def cma_sample(
+    noise: Tensor,
+    mean: Tensor,
+    sigma: Tensor,
+    eigvecs: Optional[Tensor],
+    sqrt_eigvals: Tensor,
+    lower: Optional[Scalar] = None,
+    upper: Optional[Scalar] = None,
+) -> tuple[Tensor, Tensor]:
+    """CMA-ES sampling for B instances (SPEC A1 step 1), eagerly.
+
+    Args:
+        noise: N [B, λ, d], standard normal.
+        mean: m [B, d].
+        sigma: σ [B] (> 0).
+        eigvecs: E [B, d, d], eigenvectors of C in columns; None for diagonal CMA (E = I).
+        sqrt_eigvals: D [B, d], square roots of C's eigenvalues.
+        lower, upper: optional box (numbers).
+
+    Returns:
+        (x, y), both [B, λ, d]: y_k = E (D ⊙ N_k), x_k = m + σ y_k; with a box, x is clamped
+        into it and y recomputed as (x − m) / σ.
+    """
+    check_cma_sample(noise, mean, sigma, eigvecs, sqrt_eigvals, lower, upper)
+    y = noise * sqrt_eigvals[:, None, :]
+    if eigvecs is not None:
+        y = y @ eigvecs.transpose(-1, -2)
+    x = torch.addcmul(mean[:, None, :], sigma[:, None, None], y)
+    if lower is not None or upper is not None:
+        x = x.clamp(min=lower, max=upper)
+        y = (x - mean[:, None, :]) / sigma[:, None, None]
+    return x, y
+
+
+def check_cma_covariance_update(cov, pc, y, weights, decay) -> None:
+    op = "cma_covariance_update"
+    check_float(op, "cov", cov)
+    if cov.dim() != 3 or cov.shape[1] != cov.shape[2]:
+        raise ValueError(f"{op}: cov must be [B, d, d], got shape {list(cov.shape)}")
+    if y.dim() != 3:
+        raise ValueError(f"{op}: y must be [B, k, d], got shape {list(y.shape)}")
+    b, d, k = cov.shape[0], cov.shape[1], y.shape[1]
+    for name, t, shapes in (("pc", pc, ([b, d],)), ("y", y, ([b, k, d],)),
+                            ("weights", weights, ([b, k], [k])), ("decay", decay, ([b],))):
+        check_float(op, name, t)
+        if t.device != cov.device or t.dtype != cov.dtype:
+            raise ValueError(f"{op}: {name} must match cov's device and dtype "
+                             f"({cov.device}, {cov.dtype}), got ({t.device}, {t.dtype})")
+        if list(t.shape) not in [list(s) for s in shapes]:
+            raise ValueError(f"{op}: {name} must have shape {' or '.join(map(str, shapes))}, "
+                             f"got {list(t.shape)}")
+
+
+def cma_covariance_update(
+    cov: Tensor, pc: Tensor, y: Tensor, weights: Tensor, decay: Tensor, c1: float, cmu: float
+) -> Tensor:
+    """The CMA-ES covariance update for B instances (SPEC A1 step 3), eagerly.
+
+    Args:
+        cov: C [B, d, d].
+        pc: the evolution path p_c [B, d].
+        y: steps y_{i:λ} [B, k, d] of the selected (or, with active CMA, all) points.
+        weights: w_i [B, k] or [k] (negative ones allowed: active CMA).
+        decay: a [B], the factor on the old C (1 − c₁ − c_μΣw + (1 − h_σ) c₁ c_c (2 − c_c)).
+        c1, cmu: rank-one and rank-μ learning rates.
+
+    Returns:
+        a·C + c₁ p_c p_cᵀ + c_μ Σ_i w_i y_i y_iᵀ, [B, d, d].
+    """
+    check_cma_covariance_update(cov, pc, y, weights, decay)
+    weights = weights.expand(y.shape[0], -1)
+    rank_mu = (y * weights[:, :, None]).transpose(-1, -2) @ y
+    rank_one = pc[:, :, None] * pc[:, None, :]
+    return decay[:, None, None] * cov + c1 * rank_one + cmu * rank_mu

@@ -1,0 +1,92 @@
+// Argument checking shared by the CPU and CUDA kernels of the CMA-ES ops, and their
+// autograd registration (none: they are optimizer state updates).
+#include "ops/cma.h"
+
+#include <torch/library.h>
+
+#include <vector>
+
+#include "common/checks.h"
+
+namespace latentx {
+namespace {
+
+void check_shape(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref,
+                 const char* ref_name, std::vector<int64_t> shape) {
+  check_float(op, name, t);
+  TORCH_CHECK_VALUE(t.device() == ref.device() && t.scalar_type() == ref.scalar_type(), op, ": ",
+                    name, " must match ", ref_name, "'s device and dtype (", ref.device(), ", ",
+                    ref.scalar_type(), "), got (", t.device(), ", ", t.scalar_type(), ")");
+  TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(shape), op, ": ", name, " must have shape ",
+                    at::IntArrayRef(shape), ", got ", t.sizes());
+}
+
+}  // namespace
+
+CmaSampleArgs prepare_cma_sample(const at::Tensor& noise, const at::Tensor& mean,
+                                 const at::Tensor& sigma, const std::optional<at::Tensor>& eigvecs,
+                                 const at::Tensor& sqrt_eigvals, std::optional<double> lower,
+                                 std::optional<double> upper) {
+  constexpr const char* op = "cma_sample";
+  check_float(op, "noise", noise);
+  TORCH_CHECK_VALUE(noise.dim() == 3, op, ": noise must be [B, popsize, d], got shape ",
+                    noise.sizes());
+  const int64_t b = noise.size(0), d = noise.size(2);
+  check_shape(op, "mean", mean, noise, "noise", {b, d});
+  check_shape(op, "sigma", sigma, noise, "noise", {b});
+  check_shape(op, "sqrt_eigvals", sqrt_eigvals, noise, "noise", {b, d});
+  CmaSampleArgs a;
+  if (eigvecs.has_value()) {
+    check_shape(op, "eigvecs", *eigvecs, noise, "noise", {b, d, d});
+    a.eigvecs = *eigvecs;
+  }
+  TORCH_CHECK_VALUE(!(lower.has_value() && std::isnan(*lower)), op, ": lower must not be NaN");
+  TORCH_CHECK_VALUE(!(upper.has_value() && std::isnan(*upper)), op, ": upper must not be NaN");
+  if (lower.has_value() && upper.has_value()) {
+    TORCH_CHECK_VALUE(*lower <= *upper, op, ": lower must be <= upper, got lower=", *lower,
+                      " > upper=", *upper);
+  }
+  a.noise = noise.contiguous();
+  a.mean = mean.contiguous();
+  a.sigma = sigma.contiguous();
+  a.sqrt_eigvals = sqrt_eigvals.contiguous();
+  a.bounded = lower.has_value() || upper.has_value();
+  if (lower.has_value()) a.lower = *lower;
+  if (upper.has_value()) a.upper = *upper;
+  return a;
+}
+
+CmaCovArgs prepare_cma_covariance_update(const at::Tensor& cov, const at::Tensor& pc,
+                                         const at::Tensor& y, const at::Tensor& weights,
+                                         const at::Tensor& decay, double c1, double cmu) {
+  constexpr const char* op = "cma_covariance_update";
+  check_float(op, "cov", cov);
+  TORCH_CHECK_VALUE(cov.dim() == 3 && cov.size(1) == cov.size(2), op,
+                    ": cov must be [B, d, d], got shape ", cov.sizes());
+  TORCH_CHECK_VALUE(y.dim() == 3, op, ": y must be [B, k, d], got shape ", y.sizes());
+  const int64_t b = cov.size(0), d = cov.size(1), k = y.size(1);
+  check_shape(op, "pc", pc, cov, "cov", {b, d});
+  check_shape(op, "y", y, cov, "cov", {b, k, d});
+  if (weights.dim() == 1) {
+    check_shape(op, "weights", weights, cov, "cov", {k});
+  } else {
+    check_shape(op, "weights", weights, cov, "cov", {b, k});
+  }
+  check_shape(op, "decay", decay, cov, "cov", {b});
+  CmaCovArgs a;
+  a.pc = pc.contiguous();
+  a.y = y.contiguous();
+  // [B, k, d], tiny next to C: the rank-mu term's per-row coefficients, made once.
+  a.wy = (weights.expand({b, k}).unsqueeze(2) * y * cmu).contiguous();
+  a.decay = decay.contiguous();
+  a.c1 = c1;
+  return a;
+}
+
+}  // namespace latentx
+
+TORCH_LIBRARY_IMPL(latentx, Autograd, m) {
+  m.impl("cma_sample", torch::CppFunction::makeFallthrough());
+  m.impl("cma_covariance_update", torch::CppFunction::makeFallthrough());
+  m.impl("cma_covariance_update_", torch::CppFunction::makeFallthrough());
+}

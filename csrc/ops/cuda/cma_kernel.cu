@@ -1,0 +1,99 @@
+// CUDA kernels of the batched CMA-ES ops, on the current stream under a device guard.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "common/cuda_helpers.cuh"
+#include "ops/cma.h"
+
+namespace latentx {
+namespace {
+
+// x = m + sigma*y, clamped, y recomputed; one thread per element of [B, L, d].
+template <typename T>
+__global__ void sample_epilogue_kernel(int64_t n, int64_t popsize, int64_t d,
+                                       const T* mean,   // [B, d]
+                                       const T* sigma,  // [B]
+                                       T* x, T* y,      // [B, L, d]
+                                       bool bounded, T lower, T upper) {
+  LATENTX_CUDA_KERNEL_LOOP(idx, n) {
+    const int64_t j = idx % d;
+    const int64_t inst = idx / (popsize * d);
+    const T m = mean[inst * d + j];
+    const T s = sigma[inst];
+    T v = m + s * y[idx];
+    if (bounded) {
+      v = v < lower ? lower : v;
+      v = v > upper ? upper : v;
+      y[idx] = (v - m) / s;
+    }
+    x[idx] = v;
+  }
+}
+
+void cma_sample_epilogue_cuda(const CmaSampleArgs& a, at::Tensor& x, at::Tensor& y) {
+  const c10::cuda::CUDAGuard guard(y.device());
+  const int64_t n = y.numel(), popsize = y.size(1), d = y.size(2);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "cma_sample_cuda", [&] {
+    sample_epilogue_kernel<scalar_t><<<grid_size(n), kThreadsPerBlock, 0, stream>>>(
+        n, popsize, d, a.mean.const_data_ptr<scalar_t>(), a.sigma.const_data_ptr<scalar_t>(),
+        x.mutable_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), a.bounded,
+        static_cast<scalar_t>(a.lower), static_cast<scalar_t>(a.upper));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// One thread per element C[b, i, j]: read once, add c1 pc_i pc_j + sum_k wy_ki y_kj, write
+// once. Threads of a block share (b, i) and run along j, so reads of y are coalesced and
+// wy_ki is a broadcast.
+template <typename T>
+__global__ void covariance_kernel(int64_t b, int64_t d, int64_t k,
+                                  T* cov,          // [B, d, d]
+                                  const T* pc,     // [B, d]
+                                  const T* y,      // [B, k, d]
+                                  const T* wy,     // [B, k, d]
+                                  const T* decay,  // [B]
+                                  T c1) {
+  const int64_t row = blockIdx.y;  // b * d + i
+  const int64_t inst = row / d, i = row % d;
+  const T* pcb = pc + inst * d;
+  const T* yb = y + inst * k * d;
+  const T* wyb = wy + inst * k * d;
+  const T p = c1 * pcb[i];
+  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < d;
+       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    T acc = decay[inst] * cov[row * d + j] + p * pcb[j];
+    for (int64_t m = 0; m < k; ++m) acc += wyb[m * d + i] * yb[m * d + j];
+    cov[row * d + j] = acc;
+  }
+}
+
+void cma_covariance_cuda(const CmaCovArgs& a, at::Tensor& cov) {
+  const c10::cuda::CUDAGuard guard(cov.device());
+  const int64_t b = cov.size(0), d = cov.size(1), k = a.y.size(1);
+  TORCH_CHECK(b * d <= 65535, "cma_covariance_update: B*d must be <= 65535 on CUDA, got ", b * d);
+  const dim3 grid(static_cast<unsigned int>(ceil_div(d, kThreadsPerBlock)),
+                  static_cast<unsigned int>(b * d));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(cov.scalar_type(), "cma_covariance_update_cuda", [&] {
+    covariance_kernel<scalar_t><<<grid, kThreadsPerBlock, 0, stream>>>(
+        b, d, k, cov.mutable_data_ptr<scalar_t>(), a.pc.const_data_ptr<scalar_t>(),
+        a.y.const_data_ptr<scalar_t>(), a.wy.const_data_ptr<scalar_t>(),
+        a.decay.const_data_ptr<scalar_t>(), static_cast<scalar_t>(a.c1));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(latentx, CUDA, m) {
+  m.impl("cma_sample", &cma_sample<cma_sample_epilogue_cuda>);
+  m.impl("cma_covariance_update", &cma_covariance_update<cma_covariance_cuda>);
+  m.impl("cma_covariance_update_", &cma_covariance_update_<cma_covariance_cuda>);
+}
+
+}  // namespace latentx

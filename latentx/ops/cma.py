@@ -1,0 +1,79 @@
+"""Batched CMA-ES kernels (SPEC A1): fused sampling and the fused covariance update."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from latentx.ops import _native, reference
+
+
+def cma_sample(
+    noise: Tensor,
+    mean: Tensor,
+    sigma: Tensor,
+    eigvecs: Optional[Tensor],
+    sqrt_eigvals: Tensor,
+    *,
+    lower: Optional[float] = None,
+    upper: Optional[float] = None,
+    impl: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Sample λ points for each of B CMA-ES instances: y = E (D ⊙ noise), x = m + σ y.
+
+    Shapes: noise [B, λ, d], mean [B, d], sigma [B], eigvecs [B, d, d] (columns are C's
+    eigenvectors; None for diagonal CMA), sqrt_eigvals [B, d]. Returns (x, y), [B, λ, d]
+    each; with bounds, x is clamped to [lower, upper] and y = (x − m)/σ. Not differentiable.
+    ``impl`` as for every op (see :func:`latentx.ops.backend`).
+    """
+    if not _native.use_native(impl, noise.device):
+        with torch.no_grad():
+            return reference.cma_sample(noise, mean, sigma, eigvecs, sqrt_eigvals, lower, upper)
+    return tuple(torch.ops.latentx.cma_sample(noise, mean, sigma, eigvecs, sqrt_eigvals, lower, upper))
+
+
+def cma_covariance_update(
+    cov: Tensor, pc: Tensor, y: Tensor, weights: Tensor, decay: Tensor, c1: float, cmu: float,
+    *, impl: str = "auto",
+) -> Tensor:
+    """a·C + c₁ p_c p_cᵀ + c_μ Σ_i w_i y_i y_iᵀ for B instances, reading C once.
+
+    Shapes: cov [B, d, d], pc [B, d], y [B, k, d], weights [B, k] or [k], decay (a) [B].
+    Returns a new [B, d, d]. Not differentiable.
+    """
+    if not _native.use_native(impl, cov.device):
+        with torch.no_grad():
+            return reference.cma_covariance_update(cov, pc, y, weights, decay, c1, cmu)
+    return torch.ops.latentx.cma_covariance_update(cov, pc, y, weights, decay, float(c1), float(cmu))
+
+
+def cma_covariance_update_(
+    cov: Tensor, pc: Tensor, y: Tensor, weights: Tensor, decay: Tensor, c1: float, cmu: float,
+    *, impl: str = "auto",
+) -> Tensor:
+    """In-place :func:`cma_covariance_update`: C is read and written once; returns ``cov``."""
+    if not _native.use_native(impl, cov.device):
+        with torch.no_grad():
+            return cov.copy_(reference.cma_covariance_update(cov, pc, y, weights, decay, c1, cmu))
+    torch.ops.latentx.cma_covariance_update_(cov, pc, y, weights, decay, float(c1), float(cmu))
+    return cov
+
+
+if _native._C is not None:
+
+    @torch.library.register_fake("latentx::cma_sample")
+    def _(noise, mean, sigma, eigvecs, sqrt_eigvals, lower, upper):
+        reference.check_cma_sample(noise, mean, sigma, eigvecs, sqrt_eigvals, lower, upper)
+        return torch.empty_like(noise), torch.empty_like(noise)
+
+    @torch.library.register_fake("latentx::cma_covariance_update")
+    def _(cov, pc, y, weights, decay, c1, cmu):
+        reference.check_cma_covariance_update(cov, pc, y, weights, decay)
+        return torch.empty_like(cov)
+
+    @torch.library.register_fake("latentx::cma_covariance_update_")
+    def _(cov, pc, y, weights, decay, c1, cmu):
+        reference.check_cma_covariance_update(cov, pc, y, weights, decay)
+        return None
