@@ -20,7 +20,8 @@ python=${PYTHON:-python3}
 pip install -q --disable-pip-version-check -c constraints.txt torch
 pip install -q --disable-pip-version-check -c constraints.txt \
   scikit-build-core cmake ninja numpy pytest hypothesis cma
-build_flags=()
+# Explicit, so a value cached in build/ by an earlier hand build cannot turn the check off.
+build_flags=(-C cmake.define.LATENTX_CUDA_CHECK=ON)
 if [ "${LATENTX_REQUIRE_NVCC:-0}" = 1 ]; then
   build_flags+=(-C cmake.define.LATENTX_REQUIRE_NVCC=ON)
 fi
