@@ -1,0 +1,163 @@
+"""cma_sample and cma_covariance_update: native (CPU, CUDA) against the float64 reference."""
+
+import pytest
+import torch
+
+from conftest import device_params
+from latentx import ops
+from latentx.ops import _native
+
+needs_native = pytest.mark.skipif(_native._C is None, reason="compiled library not built")
+TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=2e-5, atol=2e-5)}
+
+
+def sample_inputs(b, popsize, d, dtype, device, *, diagonal=False):
+    """A random CMA state: orthonormal E, positive D, positive sigma."""
+    f64 = dict(dtype=torch.float64, device=device)
+    eigvecs = None if diagonal else torch.linalg.qr(torch.randn(b, d, d, **f64))[0]
+    state = dict(noise=torch.randn(b, popsize, d, **f64), mean=torch.randn(b, d, **f64),
+                 sigma=torch.rand(b, **f64) + 0.1, eigvecs=eigvecs,
+                 sqrt_eigvals=torch.rand(b, d, **f64) * 2 + 0.05)
+    return {k: None if v is None else v.to(dtype) for k, v in state.items()}
+
+
+def as_f64(kwargs):
+    return {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+
+
+@needs_native
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", [(1, 2, 1), (3, 7, 5), (4, 18, 33), (0, 5, 4), (2, 0, 3)], ids=str)
+@pytest.mark.parametrize("diagonal", [False, True], ids=["full", "diagonal"])
+@pytest.mark.parametrize("bounds", [None, (-1.0, 1.5), (None, 0.5)], ids=str)
+def test_sample_matches_reference(device, dtype, shape, diagonal, bounds):
+    kwargs = sample_inputs(*shape, dtype, device, diagonal=diagonal)
+    lower, upper = bounds or (None, None)
+    x_ref, y_ref = ops.cma_sample(**as_f64(kwargs), lower=lower, upper=upper, impl="reference")
+    x, y = ops.cma_sample(**kwargs, lower=lower, upper=upper, impl="native")
+    assert x.dtype == y.dtype == dtype and x.shape == y.shape == shape
+    torch.testing.assert_close(x.double(), x_ref, **TOL[dtype])
+    torch.testing.assert_close(y.double(), y_ref, **TOL[dtype])
+    if bounds is not None and x.numel():
+        assert (lower is None or x.min() >= lower) and x.max() <= upper
+
+
+@needs_native
+@pytest.mark.parametrize("device", device_params())
+def test_sample_non_contiguous(device):
+    kwargs = sample_inputs(3, 6, 5, torch.float64, device)
+    kwargs["noise"] = kwargs["noise"].transpose(1, 2).contiguous().transpose(1, 2)
+    kwargs["eigvecs"] = kwargs["eigvecs"].transpose(1, 2)  # still orthonormal
+    kwargs["mean"] = torch.randn(5, 3, dtype=torch.float64, device=device).t()
+    assert not kwargs["noise"].is_contiguous() and not kwargs["mean"].is_contiguous()
+    expected = ops.cma_sample(**kwargs, lower=-0.5, upper=0.5, impl="reference")
+    for got, want in zip(ops.cma_sample(**kwargs, lower=-0.5, upper=0.5, impl="native"), expected):
+        torch.testing.assert_close(got, want, **TOL[torch.float64])
+
+
+def covariance_inputs(b, k, d, dtype, device, *, shared_weights=False):
+    f64 = dict(dtype=torch.float64, device=device)
+    a = torch.randn(b, d, d, **f64)
+    state = dict(cov=a @ a.transpose(1, 2) / d + torch.eye(d, **f64), pc=torch.randn(b, d, **f64),
+                 y=torch.randn(b, k, d, **f64),
+                 weights=torch.randn(k, **f64) if shared_weights else torch.randn(b, k, **f64),
+                 decay=torch.rand(b, **f64))
+    return {n: v.to(dtype) for n, v in state.items()}
+
+
+@needs_native
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 7, 5), (2, 18, 129), (0, 4, 3), (2, 0, 6)], ids=str)
+@pytest.mark.parametrize("shared_weights", [False, True], ids=["per-instance-w", "shared-w"])
+def test_covariance_update_matches_reference(device, dtype, shape, shared_weights):
+    kwargs = covariance_inputs(*shape, dtype, device, shared_weights=shared_weights)
+    c1, cmu = 0.03, 0.2
+    expected = ops.cma_covariance_update(**as_f64(kwargs), c1=c1, cmu=cmu, impl="reference")
+    got = ops.cma_covariance_update(**kwargs, c1=c1, cmu=cmu, impl="native")
+    torch.testing.assert_close(got.double(), expected, **TOL[dtype])
+    cov = kwargs.pop("cov")
+    assert ops.cma_covariance_update_(cov, **kwargs, c1=c1, cmu=cmu, impl="native") is cov
+    torch.testing.assert_close(cov.double(), expected, **TOL[dtype])
+
+
+@needs_native
+@pytest.mark.parametrize("device", device_params())
+def test_covariance_update_non_contiguous_in_place(device):
+    kwargs = covariance_inputs(3, 6, 7, torch.float64, device)
+    base = kwargs["cov"].transpose(1, 2).contiguous()
+    cov = base.transpose(1, 2)  # same values, strided
+    kwargs["y"] = kwargs["y"].transpose(1, 2).contiguous().transpose(1, 2)
+    expected = ops.cma_covariance_update(**kwargs, c1=0.1, cmu=0.3, impl="reference")
+    kwargs.pop("cov")
+    ops.cma_covariance_update_(cov, **kwargs, c1=0.1, cmu=0.3, impl="native")
+    torch.testing.assert_close(cov, expected, **TOL[torch.float64])
+    torch.testing.assert_close(base.transpose(1, 2), expected, **TOL[torch.float64])
+
+
+@needs_native
+@pytest.mark.parametrize("device", device_params())
+def test_opcheck(device):
+    s = sample_inputs(3, 6, 5, torch.float32, device)
+    torch.library.opcheck(torch.ops.latentx.cma_sample.default,
+                          (s["noise"], s["mean"], s["sigma"], s["eigvecs"], s["sqrt_eigvals"], -1.0, 1.0))
+    torch.library.opcheck(torch.ops.latentx.cma_sample.default,
+                          (s["noise"], s["mean"], s["sigma"], None, s["sqrt_eigvals"], None, None))
+    c = covariance_inputs(3, 6, 5, torch.float32, device)
+    args = (c["cov"], c["pc"], c["y"], c["weights"], c["decay"], 0.1, 0.2)
+    torch.library.opcheck(torch.ops.latentx.cma_covariance_update.default, args)
+    torch.library.opcheck(torch.ops.latentx.cma_covariance_update_.default, (c["cov"].clone(),) + args[1:])
+
+
+@needs_native
+@pytest.mark.parametrize("device", device_params())
+def test_torch_compile_fullgraph(device):
+    s = sample_inputs(2, 6, 4, torch.float32, device)
+    c = covariance_inputs(2, 6, 4, torch.float32, device)
+
+    def generation(noise, mean, sigma, eigvecs, sqrt_eigvals, cov, pc, weights, decay):
+        x, y = ops.cma_sample(noise, mean, sigma, eigvecs, sqrt_eigvals, lower=-2.0, upper=2.0)
+        return x, ops.cma_covariance_update(cov, pc, y, weights, decay, 0.1, 0.2)
+
+    args = (s["noise"], s["mean"], s["sigma"], s["eigvecs"], s["sqrt_eigvals"], c["cov"], c["pc"],
+            c["weights"], c["decay"])
+    compiled = torch.compile(generation, fullgraph=True)
+    for got, want in zip(compiled(*args), generation(*args)):
+        torch.testing.assert_close(got, want)
+
+
+def bad_sample_calls():
+    s = sample_inputs(3, 6, 5, torch.float32, "cpu")
+    return [
+        ("noise", ValueError, {**s, "noise": s["noise"][0]}),
+        ("noise", TypeError, {**s, "noise": s["noise"].long()}),
+        ("mean", ValueError, {**s, "mean": s["mean"][:, :4]}),
+        ("sigma", ValueError, {**s, "sigma": s["sigma"].double()}),
+        ("eigvecs", ValueError, {**s, "eigvecs": s["eigvecs"][:2]}),
+        ("sqrt_eigvals", ValueError, {**s, "sqrt_eigvals": s["sqrt_eigvals"][None]}),
+        ("lower", ValueError, {**s, "lower": 1.0, "upper": -1.0}),
+    ]
+
+
+def bad_covariance_calls():
+    c = covariance_inputs(3, 6, 5, torch.float32, "cpu")
+    return [
+        ("cov", ValueError, {**c, "cov": c["cov"][:, :4]}),
+        ("cov", TypeError, {**c, "cov": c["cov"].int()}),
+        ("pc", ValueError, {**c, "pc": c["pc"][:2]}),
+        ("y", ValueError, {**c, "y": c["y"][:, :, :4]}),
+        ("weights", ValueError, {**c, "weights": c["weights"][:, :5]}),
+        ("decay", ValueError, {**c, "decay": c["decay"].double()}),
+    ]
+
+
+@pytest.mark.parametrize("impl", ["reference", pytest.param("native", marks=needs_native)])
+def test_bad_input_names_the_argument(impl):
+    for name, error, kwargs in bad_sample_calls():
+        lower, upper = kwargs.pop("lower", None), kwargs.pop("upper", None)
+        with pytest.raises(error, match=name):
+            ops.cma_sample(**kwargs, lower=lower, upper=upper, impl=impl)
+    for name, error, kwargs in bad_covariance_calls():
+        with pytest.raises(error, match=name):
+            ops.cma_covariance_update(**kwargs, c1=0.1, cmu=0.2, impl=impl)
