@@ -47,8 +47,8 @@ void cma_sample_epilogue_cuda(const CmaSampleArgs& a, at::Tensor& x, at::Tensor&
   });
 }
 
-// One thread per element C[b, i, j]: read once, add c1 pc_i pc_j + sum_k wy_ki y_kj, write
-// once. Threads of a block share (b, i) and run along j, so reads of y are coalesced and
+// One block per row (b, i) of C, its threads striding along j: each element is read once,
+// gets c1 pc_i pc_j + sum_k wy_ki y_kj, and is written once. Reads of y are coalesced and
 // wy_ki is a broadcast.
 template <typename T>
 __global__ void covariance_kernel(int64_t b, int64_t d, int64_t k,
@@ -58,14 +58,13 @@ __global__ void covariance_kernel(int64_t b, int64_t d, int64_t k,
                                   const T* wy,     // [B, k, d]
                                   const T* decay,  // [B]
                                   T c1) {
-  const int64_t row = blockIdx.y;  // b * d + i
+  const int64_t row = blockIdx.x;  // b * d + i
   const int64_t inst = row / d, i = row % d;
   const T* pcb = pc + inst * d;
   const T* yb = y + inst * k * d;
   const T* wyb = wy + inst * k * d;
   const T p = c1 * pcb[i];
-  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < d;
-       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
     T acc = decay[inst] * cov[row * d + j] + p * pcb[j];
     for (int64_t m = 0; m < k; ++m) acc += wyb[m * d + i] * yb[m * d + j];
     cov[row * d + j] = acc;
@@ -75,9 +74,8 @@ __global__ void covariance_kernel(int64_t b, int64_t d, int64_t k,
 void cma_covariance_cuda(const CmaCovArgs& a, at::Tensor& cov) {
   const c10::cuda::CUDAGuard guard(cov.device());
   const int64_t b = cov.size(0), d = cov.size(1), k = a.y.size(1);
-  TORCH_CHECK(b * d <= 65535, "cma_covariance_update: B*d must be <= 65535 on CUDA, got ", b * d);
-  const dim3 grid(static_cast<unsigned int>(ceil_div(d, kThreadsPerBlock)),
-                  static_cast<unsigned int>(b * d));
+  // Rows go on grid.x, whose limit (2^31 - 1) no [B, d, d] that fits in memory reaches.
+  const auto grid = static_cast<unsigned int>(b * d);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(cov.scalar_type(), "cma_covariance_update_cuda", [&] {
     covariance_kernel<scalar_t><<<grid, kThreadsPerBlock, 0, stream>>>(
