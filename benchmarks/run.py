@@ -11,8 +11,11 @@ from typing import Optional, Sequence
 import torch
 
 import latentx
-from latentx.benchmarks import bench_ifgsm_step
+from latentx.benchmarks import bench_cma, bench_ifgsm_step
 from latentx.benchmarks.timing import format_table
+
+
+BENCHMARKS = {"ifgsm_step": bench_ifgsm_step, "cma": bench_cma}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--quick", action="store_true", help="small sizes, a few seconds in all")
     p.add_argument("--repeats", type=int, default=10, help="timed calls per variant (median)")
+    p.add_argument("--only", choices=sorted(BENCHMARKS), action="append",
+                   help="run only this benchmark (repeatable; default: all)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON here")
     return p
 
@@ -27,13 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     device = torch.device(args.device)
-    sizes = [10_000] if args.quick else [10_000, 1_000_000]
     info = latentx.backend(device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"latentx {latentx.__version__} | torch {torch.__version__} | {device} ({device_name}) | "
           f"{torch.get_num_threads()} threads | {datetime.date.today()}")
     print(f"backend: {info['impl']} ({info['reason']})")
-    rows = bench_ifgsm_step.run(device, sizes, repeats=3 if args.quick else args.repeats)
+    rows = []
+    for name in args.only or BENCHMARKS:
+        rows += BENCHMARKS[name].run(device, args.quick, repeats=3 if args.quick else args.repeats)
     print(format_table(rows))
     if args.json:
         with open(args.json, "w") as f:
