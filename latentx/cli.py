@@ -50,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.set_defaults(func=_cmd_bench)
 
+    from latentx import refine_cli
+
+    refine = sub.add_parser(
+        "refine",
+        help="AdvLatGAN-z over many latents: sharded, resumable, torchrun-ready",
+        description=refine_cli.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    refine_cli.add_arguments(refine)
+    refine.set_defaults(func=refine_cli.run)
+
     info = sub.add_parser("info", help="print which implementation runs and the build's facts")
     info.add_argument("--device", default="cpu", help="device to report on (default: cpu)")
     info.set_defaults(func=_cmd_info)

@@ -1,0 +1,414 @@
+"""AdvLatGAN (seed 001; SPEC C3): latent refinement with I-FGSM, and the training algorithms.
+
+* :func:`refine` — AdvLatGAN-z: with G and D frozen, move latents by I-FGSM on
+  ``log(1 − D(G(z)))`` (eq. 5, 6) inside an ℓ∞ ball around where they started, in chunks, on
+  any device.
+* :func:`hard_pair` — eq. 8: for each z₀, a z in its ball whose generation is close to
+  G(z₀)'s while z is far from z₀ (a pair that tends to collapse).
+* :func:`train_step` / :func:`train` — AdvLatGAN-qua (Alg. 1) and AdvLatGAN-div (Alg. 2);
+  ``latent_steps=0`` is the vanilla GAN (and, for ``"div"``, plain MSGAN).
+
+Every latent update is the fused op :func:`latentx.ops.ifgsm_step_`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from latentx import losses, ops
+
+Number = Union[float, int]
+LossFn = Callable[[Tensor], Tensor]
+METHODS = ("qua", "div")
+
+
+class Refined(NamedTuple):
+    """What :func:`refine` returns."""
+
+    z: Tensor  #: refined latents, the input's shape, dtype and device
+    scores: Tensor  #: [steps + 1] float64: mean D logit over all latents before step i; last: after the last step
+
+
+def model_device(module: nn.Module, fallback: torch.device) -> torch.device:
+    """The device of ``module``'s first parameter or buffer (``fallback`` when it has none)."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return fallback
+
+
+@contextlib.contextmanager
+def frozen(modules: Sequence[nn.Module], eval_mode: bool) -> Iterator[None]:
+    """Turn off parameter gradients of ``modules`` (and, with ``eval_mode``, put them in eval
+    mode) for the block; restore every flag afterwards, also on error."""
+    params = [p for m in modules for p in m.parameters()]
+    grad_flags = [p.requires_grad for p in params]
+    training = [[sub.training for sub in m.modules()] for m in modules]
+    for p in params:
+        p.requires_grad_(False)
+    if eval_mode:
+        for m in modules:
+            m.eval()
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, grad_flags):
+            p.requires_grad_(flag)
+        for m, flags in zip(modules, training):
+            for sub, flag in zip(m.modules(), flags):
+                sub.training = flag
+
+
+def score_loss(loss: Union[str, LossFn]) -> LossFn:
+    """The per-sample objective AdvLatGAN-z minimises, from D's logits [B] → [B].
+
+    ``"log1m"`` is eq. 5, ``log(1 − D(G(z)))``; any kind in :data:`latentx.losses.GAN_LOSSES`
+    gives that kind's generator loss (use the one D was trained with); a callable is used as
+    is. A sign step sees only the sign of ∂loss/∂z, so every loss that decreases in the logit
+    (all but ``"lsgan"``) takes the same steps; they differ where a gradient underflows.
+    """
+    if callable(loss):
+        return loss
+    kind = "minimax" if loss == "log1m" else loss
+    if kind not in losses.GAN_LOSSES:
+        raise ValueError(f"loss must be 'log1m', one of {losses.GAN_LOSSES} or a callable, got {loss!r}")
+    return lambda logits: losses.generator_loss(logits, kind, reduction="none")
+
+
+def _logits(D: Callable[[Tensor], Tensor], x: Tensor, b: int) -> Tensor:
+    out = D(x)
+    if out.numel() != b:
+        raise ValueError(f"D must return one logit per sample ([B] or [B, 1]), got shape {list(out.shape)} for B={b}")
+    return out.reshape(b)
+
+
+def _per_chunk(value: Union[Tensor, Number, None], n: int, lo: int, hi: int, device: torch.device, name: str):
+    """A number as is; a per-latent tensor [N] sliced to the chunk and moved to its device."""
+    if not isinstance(value, Tensor):
+        return value
+    if value.dim() == 0:
+        return value.to(device)
+    if value.shape != (n,):
+        raise ValueError(f"{name} must be a number or a tensor of one value per latent [{n}], got {list(value.shape)}")
+    return value[lo:hi].to(device)
+
+
+def ifgsm(
+    objective: Callable[[Tensor], Tensor],
+    z: Tensor,
+    *,
+    steps: int,
+    step_size: Union[Tensor, Number],
+    anchor: Optional[Tensor] = None,
+    radius: Union[Tensor, Number, None] = None,
+    bounds: Optional[tuple[Number, Number]] = None,
+    ascend: bool = False,
+    impl: str = "auto",
+    where: str = "",
+    on_step: Optional[Callable[[int, Tensor], None]] = None,
+) -> Tensor:
+    """``steps`` I-FGSM steps (eq. 6) on ``objective(z).sum()``, updating ``z`` in place.
+
+    Args:
+        objective: latents [B, ...] → per-sample objective [B]; the steps descend it
+            (ascend with ``ascend``). Freeze the networks it runs yourself.
+        z: latents [B, ...], updated in place (must not require grad).
+        steps, step_size: number of steps, and ε (a number or [B]).
+        anchor, radius: the ℓ∞ ball's centre [B, ...] and radius (a number or [B]).
+        bounds: (lower, upper) box for every coordinate.
+        impl: the step's implementation (``"auto"``, ``"native"``, ``"reference"``).
+        where: names the work in errors (e.g. the chunk).
+        on_step: called as ``on_step(i, values)`` with step i's per-sample objective [B],
+            detached, before z moves.
+
+    Returns:
+        ``z``.
+
+    Raises:
+        FloatingPointError: the objective or its gradient is not finite; names the step.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    lower, upper = (None, None) if bounds is None else bounds
+    for i in range(steps):
+        zg = z.detach().requires_grad_(True)
+        values = objective(zg)
+        total = values.sum()
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"AdvLatGAN: non-finite loss at step {i}{where}")
+        (grad,) = torch.autograd.grad(total, zg)
+        if not torch.isfinite(grad).all():
+            raise FloatingPointError(f"AdvLatGAN: non-finite gradient at step {i}{where}")
+        if on_step is not None:
+            on_step(i, values.detach())
+        ops.ifgsm_step_(z, grad, step_size=step_size, anchor=anchor, radius=radius, lower=lower,
+                        upper=upper, ascend=ascend, impl=impl)
+    return z
+
+
+def refine(
+    G: nn.Module,
+    D: nn.Module,
+    z: Tensor,
+    *,
+    steps: int,
+    step_size: Union[Tensor, Number],
+    radius: Union[Tensor, Number, None] = None,
+    bounds: Optional[tuple[Number, Number]] = None,
+    loss: Union[str, LossFn] = "log1m",
+    batch_size: Optional[int] = None,
+    progress: bool = True,
+    impl: str = "auto",
+) -> Refined:
+    """AdvLatGAN-z (eq. 5, 6): move latents so D scores G's samples higher, G and D frozen.
+
+    ``z_{i+1} = clamp(clamp(z_i − ε·sign ∇_z L(D(G(z_i))), z₀ − r, z₀ + r), lower, upper)``,
+    ``steps`` times, per chunk of ``batch_size`` latents: only one chunk is ever on the
+    models' device, so N is limited by the memory that holds ``z``. G and D run in eval mode
+    (a latent's result does not depend on its chunk) with parameter gradients off; their
+    flags are restored afterwards.
+
+    Args:
+        G: generator, [B, ...latent] → samples. D: discriminator, samples → [B] or [B, 1] logits.
+        z: starting latents z₀ [N, ...] on any device (the CPU for large N); not modified.
+        steps: I-FGSM steps n (the paper: 100 at ε = 0.01 for CIFAR/STL, 30 at 0.03 for
+            MNIST, 8,000 at 0.003 for the ring).
+        step_size: ε, a number or one per latent [N].
+        radius: ℓ∞ radius r around z₀ (a number or [N]); None: no ball.
+        bounds: (lower, upper) for every coordinate (truncation, e.g. (−2, 2)); None: none.
+        loss: the objective minimised (see :func:`score_loss`); ``"log1m"`` is eq. 5.
+        batch_size: latents per chunk; None: all at once.
+        progress: show a progress bar over chunks × steps.
+        impl: the step's implementation (see :func:`latentx.ops.ifgsm_step`).
+
+    Returns:
+        :class:`Refined` ``(z, scores)``: refined latents like ``z`` and [steps + 1] mean
+        logits (before each step, then after the last).
+
+    Raises:
+        FloatingPointError: a non-finite loss or gradient, naming the step and chunk.
+    """
+    if not isinstance(z, Tensor) or not z.is_floating_point() or z.dim() < 1:
+        raise TypeError("z must be a floating-point tensor [N, ...]")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+    if bounds is not None and not (len(bounds) == 2 and bounds[0] <= bounds[1]):
+        raise ValueError(f"bounds must be (lower, upper) with lower <= upper, got {bounds}")
+    objective_of = score_loss(loss)
+    n = z.shape[0]
+    chunk = n if batch_size is None else batch_size
+    device = model_device(G, z.device)
+    out = torch.empty_like(z)
+    score_sums = torch.zeros(steps + 1, dtype=torch.float64, device=device)
+    n_chunks = -(-n // chunk) if n else 0
+
+    with frozen([G, D], eval_mode=True), tqdm(total=n_chunks * steps, disable=not progress,
+                                              desc="AdvLatGAN-z", unit="step") as bar:
+        for c, lo in enumerate(range(0, n, chunk)):
+            hi = min(lo + chunk, n)
+            b = hi - lo
+            z0 = z[lo:hi].detach().to(device)
+            zc = z0.clone()
+
+            # Scores are logits, taken from the forward pass that gives the step's loss.
+            logits_seen: list[Tensor] = []
+
+            def objective(zg: Tensor, b: int = b, seen: list = logits_seen) -> Tensor:
+                logits = _logits(D, G(zg), b)
+                seen.append(logits.detach().sum(dtype=torch.float64))
+                return objective_of(logits)
+
+            ifgsm(objective, zc, steps=steps,
+                  step_size=_per_chunk(step_size, n, lo, hi, device, "step_size"),
+                  anchor=None if radius is None else z0,
+                  radius=_per_chunk(radius, n, lo, hi, device, "radius"),
+                  bounds=bounds, impl=impl, on_step=lambda i, v: bar.update(1),
+                  where=f" of chunk {c} (latents {lo}:{hi})")
+            with torch.no_grad():
+                logits_seen.append(_logits(D, G(zc), b).sum(dtype=torch.float64))
+            score_sums += torch.stack(logits_seen)
+            out[lo:hi] = zc.to(out.device)
+    return Refined(out, (score_sums / max(n, 1)).cpu())
+
+
+def hard_pair(
+    G: Callable[..., Tensor],
+    z0: Tensor,
+    *,
+    c: Optional[Tensor] = None,
+    steps: int,
+    step_size: Union[Tensor, Number],
+    radius: Union[Tensor, Number],
+    inverse: bool = False,
+    bounds: Optional[tuple[Number, Number]] = None,
+    generator: Optional[torch.Generator] = None,
+    impl: str = "auto",
+) -> Tensor:
+    """Eq. 8: ``z* = argmin_{‖z − z₀‖∞ ≤ r} d_I(G(c, z₀), G(c, z)) / d_z(z₀, z)`` by I-FGSM.
+
+    The search starts at a uniform random point of the ball (at z₀ the ratio is 0/0) and
+    takes ``steps`` sign steps; ``inverse`` maximises the ratio instead (the paper's
+    "Eq. 8-inv"). Distances are mean absolute differences per sample
+    (:func:`latentx.losses.mode_seeking_ratio`). G's parameter gradients are off during the
+    search; its train/eval mode is left as it is (AdvLatGAN-div searches mid-training).
+
+    Args:
+        G: generator, called as ``G(z)`` or, with ``c``, ``G(z, c)``.
+        z0: latents [B, ...]. c: conditions for G [B, ...] or None.
+        steps, step_size, radius: I-FGSM steps, ε and the ℓ∞ radius r (numbers or [B]).
+        bounds: optional (lower, upper) box.
+        generator: RNG for the random start.
+
+    Returns:
+        z* [B, ...], z0's shape, dtype and device; ‖z* − z₀‖∞ ≤ r.
+    """
+    if radius is None:
+        raise ValueError("radius is required: eq. 8 searches inside an l-inf ball")
+    run = (lambda z: G(z)) if c is None else (lambda z: G(z, c))
+    z0 = z0.detach()
+    r = radius.reshape((-1,) + (1,) * (z0.dim() - 1)) if isinstance(radius, Tensor) else radius
+    noise = torch.rand(z0.shape, generator=generator, dtype=z0.dtype, device="cpu").to(z0.device)
+    z = z0 + (2 * noise - 1) * r
+    if bounds is not None:
+        z.clamp_(bounds[0], bounds[1])
+    modules = [G] if isinstance(G, nn.Module) else []
+    with frozen(modules, eval_mode=False):
+        with torch.no_grad():
+            x0 = run(z0)
+        ifgsm(lambda zg: losses.mode_seeking_ratio(x0, run(zg), z0, zg), z, steps=steps,
+              step_size=step_size, anchor=z0, radius=radius, bounds=bounds, ascend=inverse,
+              impl=impl, where=" of the eq. 8 search")
+    return z
+
+
+# --- training: AdvLatGAN-qua (Alg. 1) and AdvLatGAN-div (Alg. 2) --------------------------
+
+
+def train_step(
+    G: nn.Module,
+    D: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    real: Callable[[int], Tensor],
+    *,
+    z_dim: int,
+    batch_size: int,
+    method: str = "qua",
+    latent_steps: int = 0,
+    step_size: Number = 0.01,
+    radius: Optional[Number] = None,
+    bounds: Optional[tuple[Number, Number]] = None,
+    loss: str = "nonsaturating",
+    d_steps: int = 1,
+    lambda_ms: float = 1.0,
+    gp_weight: float = 10.0,
+) -> dict[str, float]:
+    """One generator iteration of AdvLatGAN-qua (Alg. 1) or AdvLatGAN-div (Alg. 2).
+
+    * ``"qua"``: each of the ``d_steps`` D updates uses fake samples from latents moved by
+      ``latent_steps`` I-FGSM steps of eq. 5 (G and D frozen meanwhile); the G update uses
+      fresh latents.
+    * ``"div"``: D updates are vanilla; the G update draws z₀, finds its hard partner z_t by
+      eq. 8 (:func:`hard_pair`, ``latent_steps`` steps in the ball of ``radius``) and
+      minimises G's loss on both plus ``lambda_ms`` × MSGAN's mode-seeking loss on the pair.
+      With ``latent_steps=0`` the partner is an independent draw: plain MSGAN.
+
+    ``latent_steps=0`` with ``"qua"`` is the vanilla GAN.
+
+    Args:
+        G: [B, z_dim] → samples. D: samples → [B] or [B, 1] logits.
+        opt_g, opt_d: their optimizers.
+        real: ``real(m)`` returns m real samples on the models' device.
+        z_dim: latent size; latents are N(0, I) [batch_size, z_dim].
+        loss: GAN loss kind (:data:`latentx.losses.GAN_LOSSES`); its G loss also drives
+            the eq. 5 latent steps. ``"wgan"`` adds the gradient penalty (``gp_weight``).
+
+    Returns:
+        ``{"loss_d", "loss_g", "score_real", "score_fake"}`` (last D step; mean logits),
+        plus ``"ms_ratio"`` for ``"div"``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "div" and latent_steps > 0 and radius is None:
+        raise ValueError("method='div' with latent_steps > 0 needs a radius (the eq. 8 ball)")
+    device = model_device(G, torch.device("cpu"))
+    g_objective = score_loss(loss)
+    stats: dict[str, float] = {}
+
+    for _ in range(d_steps):
+        z = torch.randn(batch_size, z_dim, device=device)
+        if method == "qua" and latent_steps > 0:
+            with frozen([G, D], eval_mode=False):
+                ifgsm(lambda zg: g_objective(_logits(D, G(zg), batch_size)), z, steps=latent_steps,
+                      step_size=step_size, anchor=None if radius is None else z.clone(),
+                      radius=radius, bounds=bounds, where=" of a D step's latents")
+        with torch.no_grad():
+            fake = G(z)
+        x = real(batch_size)
+        s_real, s_fake = _logits(D, x, batch_size), _logits(D, fake, batch_size)
+        loss_d = losses.discriminator_loss(s_real, s_fake, loss)
+        if loss == "wgan":
+            loss_d = loss_d + losses.gradient_penalty(D, x, fake, gp_weight)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        stats.update(loss_d=loss_d.item(), score_real=s_real.mean().item(), score_fake=s_fake.mean().item())
+
+    z = torch.randn(batch_size, z_dim, device=device)
+    with frozen([D], eval_mode=False):
+        if method == "qua":
+            loss_g = losses.generator_loss(_logits(D, G(z), batch_size), loss)
+        else:
+            if latent_steps > 0:
+                partner = hard_pair(G, z, steps=latent_steps, step_size=step_size, radius=radius, bounds=bounds)
+            else:
+                partner = torch.randn_like(z)
+            x_pair = G(torch.cat([z, partner]))
+            loss_g = losses.generator_loss(_logits(D, x_pair, 2 * batch_size), loss)
+            x0, x1 = x_pair[:batch_size], x_pair[batch_size:]
+            loss_g = loss_g + lambda_ms * losses.mode_seeking_loss(x0, x1, z, partner)
+            stats["ms_ratio"] = losses.mode_seeking_ratio(x0.detach(), x1.detach(), z, partner).mean().item()
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+    stats["loss_g"] = loss_g.item()
+    return stats
+
+
+def train(
+    G: nn.Module,
+    D: nn.Module,
+    real: Callable[[int], Tensor],
+    *,
+    iterations: int,
+    z_dim: int,
+    batch_size: int = 64,
+    lr: float = 2e-4,
+    betas: tuple[float, float] = (0.5, 0.999),
+    progress: bool = True,
+    **step_kwargs,
+) -> list[dict[str, float]]:
+    """Train G and D with Adam for ``iterations`` generator iterations of :func:`train_step`.
+
+    ``step_kwargs`` go to :func:`train_step` (``method``, ``latent_steps``, ``step_size``,
+    ``radius``, ``loss``, ``d_steps``, ``lambda_ms``, ...). Returns one stats dict per
+    iteration.
+    """
+    opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)
+    G.train()
+    D.train()
+    history = []
+    bar = tqdm(range(iterations), disable=not progress, desc=f"train {step_kwargs.get('method', 'qua')}")
+    for _ in bar:
+        history.append(train_step(G, D, opt_g, opt_d, real, z_dim=z_dim, batch_size=batch_size, **step_kwargs))
+        bar.set_postfix(loss_d=f"{history[-1]['loss_d']:.3f}", loss_g=f"{history[-1]['loss_g']:.3f}", refresh=False)
+    return history

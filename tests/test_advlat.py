@@ -1,0 +1,285 @@
+"""AdvLatGAN: refine against a plain eager I-FGSM loop, the ball and bounds, chunking,
+frozen models, non-finite errors; the eq. 8 search; the training steps; the metrics."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import device_params
+from latentx import advlat, losses, metrics, synthetic
+
+
+def eager_ifgsm(G, D, z0, steps, eps, radius=None, bounds=None):
+    """AdvLatGAN-z as a user writes it by hand (eq. 5, 6): the oracle for refine."""
+    z = z0.clone()
+    scores = []
+    for _ in range(steps):
+        z.requires_grad_(True)
+        logits = D(G(z)).reshape(-1)
+        scores.append(logits.detach().double().mean())
+        (g,) = torch.autograd.grad(-F.softplus(logits).sum(), z)  # log(1 − σ(s))
+        z = z.detach() - eps * torch.sign(g)
+        if radius is not None:
+            z = torch.minimum(torch.maximum(z, z0 - radius), z0 + radius)
+        if bounds is not None:
+            z = z.clamp(*bounds)
+    with torch.no_grad():
+        scores.append(D(G(z)).reshape(-1).double().mean())
+    return z, torch.stack(scores)
+
+
+def ring_pair(dtype=torch.float32):
+    return synthetic.ring_generator().to(dtype), synthetic.ring_discriminator().to(dtype)
+
+
+def digits_pair():
+    G, D = synthetic.digits_generator(), synthetic.digits_discriminator()
+    for m in G.modules():  # non-trivial BatchNorm statistics for eval mode
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    return G.eval(), D.eval()
+
+
+@pytest.mark.parametrize("impl", ["native", "reference"])
+@pytest.mark.parametrize("case", ["ring", "digits"])
+def test_refine_equals_eager_loop(case, impl):
+    if impl == "native" and not advlat.ops.backend()["impl"] == "native":
+        pytest.skip("compiled library not built")
+    G, D = ring_pair() if case == "ring" else digits_pair()
+    z0 = torch.randn(64, synthetic.RING_Z_DIM if case == "ring" else synthetic.DIGITS_Z_DIM)
+    kwargs = dict(radius=0.05, bounds=(-2.0, 2.0))
+    expected_z, expected_scores = eager_ifgsm(G, D, z0, 12, 0.01, **kwargs)
+    z, scores = advlat.refine(G, D, z0, steps=12, step_size=0.01, progress=False, impl=impl, **kwargs)
+    torch.testing.assert_close(z, expected_z, rtol=0, atol=0)
+    torch.testing.assert_close(scores, expected_scores)
+    assert (z != z0).any()
+
+
+def test_chunks_give_the_same_result():
+    """Chunking is invisible: float64, so no sign can flip on round-off between batch sizes."""
+    G, D = ring_pair(torch.float64)
+    z0 = torch.randn(30, 2, dtype=torch.float64)
+    whole = advlat.refine(G, D, z0, steps=20, step_size=0.02, radius=0.1, progress=False)
+    chunked = advlat.refine(G, D, z0, steps=20, step_size=0.02, radius=0.1, batch_size=7, progress=False)
+    torch.testing.assert_close(chunked.z, whole.z, rtol=0, atol=0)
+    torch.testing.assert_close(chunked.scores, whole.scores)
+    expected_z, _ = eager_ifgsm(G, D, z0, 20, 0.02, radius=0.1)
+    torch.testing.assert_close(whole.z, expected_z, rtol=0, atol=0)
+
+
+def test_ball_and_bounds_always_held():
+    G, D = ring_pair()
+    z0 = torch.randn(500, 2) * 1.5  # some start outside the bounds
+    radius = torch.rand(500) * 0.2
+    step = torch.rand(500) * 0.05
+    seen = []
+    for steps in (1, 7, 40):
+        z, scores = advlat.refine(G, D, z0, steps=steps, step_size=step, radius=radius, bounds=(-1.5, 2.0),
+                                  batch_size=128, progress=False)
+        seen.append(scores)
+        assert z.shape == z0.shape and z.dtype == z0.dtype
+        assert (z >= -1.5).all() and (z <= 2.0).all()
+        inside = z0.clamp(-1.5, 2.0) == z0
+        dist = (z - z0).abs().max(1).values
+        assert (dist[inside.all(1)] <= radius[inside.all(1)] + 1e-6).all()
+    assert len(seen[-1]) == 41
+
+
+def test_refine_raises_the_score():
+    """The objective of eq. 5 goes down: the mean logit after the steps is higher."""
+    G, D = ring_pair()
+    _, scores = advlat.refine(G, D, torch.randn(256, 2), steps=30, step_size=0.02, progress=False)
+    assert scores[-1] > scores[0]
+
+
+def test_models_frozen_and_restored():
+    G, D = digits_pair()
+    G.train()
+    D.fc_frozen = False  # an arbitrary attribute stays
+    next(D.parameters()).requires_grad_(False)
+    flags = [p.requires_grad for p in list(G.parameters()) + list(D.parameters())]
+    running = [m.running_mean.clone() for m in G.modules() if isinstance(m, nn.BatchNorm2d)]
+    advlat.refine(G, D, torch.randn(16, synthetic.DIGITS_Z_DIM), steps=3, step_size=0.01, progress=False)
+    assert [p.requires_grad for p in list(G.parameters()) + list(D.parameters())] == flags
+    assert all(p.grad is None for p in list(G.parameters()) + list(D.parameters()))
+    assert G.training and all(m.training for m in G.modules()) and not D.training
+    # eval mode during refine: BatchNorm statistics untouched.
+    after = [m.running_mean for m in G.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(running, after))
+
+
+class Sqrt(nn.Module):
+    """A 'discriminator' whose gradient is infinite at 0: finite loss, non-finite gradient."""
+
+    def forward(self, x):
+        return x.abs().sqrt().sum(1)
+
+
+def test_non_finite_loss_names_step_and_chunk():
+    z = torch.randn(10, 3)
+    z[5, 1] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 0 of chunk 1 \(latents 4:8\)"):
+        advlat.refine(nn.Identity(), Sqrt(), z + 5, steps=2, step_size=0.1, batch_size=4, progress=False)
+
+
+def test_non_finite_gradient_names_step_and_chunk():
+    z = torch.full((6, 2), 0.25)
+    z[3, 0] = 0.0  # reached after one step down from 0.25 by 0.25
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient at step 0 of chunk 1"):
+        advlat.refine(nn.Identity(), Sqrt(), z, steps=3, step_size=0.25, batch_size=3, progress=False)
+
+
+def test_bad_arguments():
+    G, D = ring_pair()
+    z = torch.randn(4, 2)
+    with pytest.raises(ValueError, match="loss"):
+        advlat.refine(G, D, z, steps=1, step_size=0.1, loss="bce", progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        advlat.refine(G, D, z, steps=1, step_size=0.1, batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="step_size"):
+        advlat.refine(G, D, z, steps=1, step_size=torch.ones(3), progress=False)
+    with pytest.raises(ValueError, match="one logit per sample"):
+        advlat.refine(G, nn.Identity(), z, steps=1, step_size=0.1, progress=False)
+    with pytest.raises(ValueError, match="bounds"):
+        advlat.refine(G, D, z, steps=1, step_size=0.1, bounds=(1.0, -1.0), progress=False)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_models_on_device_latents_on_host(device):
+    G, D = ring_pair()
+    G, D = G.to(device), D.to(device)
+    z0 = torch.randn(40, 2)
+    z, scores = advlat.refine(G, D, z0, steps=5, step_size=0.01, radius=0.03, batch_size=16, progress=False)
+    assert z.device == z0.device and scores.device.type == "cpu"
+    expected, _ = eager_ifgsm(G, D, z0.to(device), 5, 0.01, radius=0.03)
+    torch.testing.assert_close(z, expected.cpu(), rtol=0, atol=0)
+
+
+# --- eq. 8 ----------------------------------------------------------------------------
+
+
+def test_hard_pair_finds_close_generations():
+    """Eq. 8 lowers the image/latent distance ratio below a random partner's; -inv raises it."""
+    G, _ = digits_pair()
+    z0 = torch.randn(32, synthetic.DIGITS_Z_DIM)
+    kw = dict(steps=20, step_size=0.02, radius=0.3)
+    hard = advlat.hard_pair(G, z0, generator=torch.Generator().manual_seed(1), **kw)
+    easy = advlat.hard_pair(G, z0, inverse=True, generator=torch.Generator().manual_seed(1), **kw)
+    start = advlat.hard_pair(G, z0, steps=0, step_size=0.02, radius=0.3, generator=torch.Generator().manual_seed(1))
+    for z in (hard, easy, start):
+        assert ((z - z0).abs() <= 0.3 + 1e-6).all()
+    with torch.no_grad():
+        ratio = lambda z: losses.mode_seeking_ratio(G(z0), G(z), z0, z).mean()  # noqa: E731
+        assert ratio(hard) < ratio(start) < ratio(easy)
+    assert all(p.requires_grad for p in G.parameters())
+
+
+def test_hard_pair_conditional():
+    table = nn.Embedding(3, 4)
+    net = nn.Linear(8, 5)
+    G = lambda z, c: net(torch.cat([z, table(c)], 1))  # noqa: E731
+    z0, c = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    z = advlat.hard_pair(G, z0, c=c, steps=5, step_size=0.01, radius=0.05)
+    assert z.shape == z0.shape and ((z - z0).abs() <= 0.05 + 1e-6).all()
+    with pytest.raises(ValueError, match="radius"):
+        advlat.hard_pair(G, z0, c=c, steps=5, step_size=0.01, radius=None)
+
+
+# --- training ---------------------------------------------------------------------------
+
+
+def _ring_setup(seed):
+    torch.manual_seed(seed)
+    G, D = synthetic.ring_generator(), synthetic.ring_discriminator()
+    data = synthetic.ring(256, generator=torch.Generator().manual_seed(0))
+    counter = iter(range(10**6))
+    real = lambda m: data[(next(counter) * m) % 256:][:m]  # noqa: E731  (no RNG draws)
+    return G, D, real
+
+
+def test_zero_latent_steps_is_vanilla_gan():
+    """qua with latent_steps=0 is a hand-written vanilla (non-saturating) GAN, parameter for parameter."""
+    G, D, real = _ring_setup(3)
+    opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=1e-3) for m in (G, D))
+    torch.manual_seed(11)
+    for _ in range(3):
+        advlat.train_step(G, D, opt_g, opt_d, real, z_dim=2, batch_size=32, latent_steps=0)
+
+    G2, D2, real2 = _ring_setup(3)
+    o_g, o_d = (torch.optim.Adam(m.parameters(), lr=1e-3) for m in (G2, D2))
+    torch.manual_seed(11)
+    bce = F.binary_cross_entropy_with_logits
+    for _ in range(3):
+        fake = G2(torch.randn(32, 2)).detach()
+        s_r, s_f = D2(real2(32)), D2(fake)
+        o_d.zero_grad()
+        (bce(s_r, torch.ones(32)) + bce(s_f, torch.zeros(32))).backward()
+        o_d.step()
+        o_g.zero_grad()
+        bce(D2(G2(torch.randn(32, 2))), torch.ones(32)).backward()
+        o_g.step()
+    for a, b in zip(list(G.parameters()) + list(D.parameters()), list(G2.parameters()) + list(D2.parameters())):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("method,loss", [("qua", "nonsaturating"), ("qua", "wgan"), ("div", "hinge"), ("div", "lsgan")])
+def test_training_steps_run(method, loss):
+    G, D, real = _ring_setup(5)
+    before = [p.clone() for p in G.parameters()]
+    history = advlat.train(G, D, real, iterations=3, z_dim=2, batch_size=16, method=method, latent_steps=3,
+                           step_size=0.01, radius=0.05, loss=loss, progress=False)
+    assert len(history) == 3 and all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
+    assert ("ms_ratio" in history[0]) == (method == "div")
+    assert any(not torch.equal(a, b) for a, b in zip(before, G.parameters()))
+    assert all(p.requires_grad for p in list(G.parameters()) + list(D.parameters()))
+
+
+def test_qua_latent_steps_change_training():
+    """The D step really sees moved latents: with latent steps the run departs from vanilla."""
+    runs = []
+    for steps in (0, 5):
+        G, D, real = _ring_setup(7)
+        torch.manual_seed(1)
+        advlat.train(G, D, real, iterations=2, z_dim=2, batch_size=16, latent_steps=steps, step_size=0.05,
+                     progress=False)
+        runs.append(torch.cat([p.flatten() for p in D.parameters()]))
+    assert not torch.equal(*runs)
+
+
+def test_div_needs_radius():
+    G, D, real = _ring_setup(0)
+    with pytest.raises(ValueError, match="radius"):
+        advlat.train(G, D, real, iterations=1, z_dim=2, method="div", latent_steps=2, progress=False)
+
+
+# --- synthetic protocol and metrics -------------------------------------------------------
+
+
+def test_mode_metrics_by_hand():
+    centers = synthetic.ring_centers()
+    assert torch.allclose(centers[2], torch.tensor([0.0, 2.0]), atol=1e-6)
+    x = torch.cat([centers[:2].repeat(2, 1), torch.tensor([[0.0, 0.0]]), centers[:2] + 0.05])
+    m = synthetic.mode_metrics(x, centers, threshold=0.1)
+    assert m["high_quality"] == pytest.approx(6 / 7) and m["modes"] == 2
+    assert m["kl"] == pytest.approx(torch.log(torch.tensor(4.0)).item())  # uniform over 2 of 8 modes
+    data = synthetic.grid(4000, generator=torch.Generator().manual_seed(0))
+    full = synthetic.mode_metrics(data, synthetic.grid_centers(), threshold=0.02)
+    assert full["high_quality"] == 1.0 and full["modes"] == 25 and full["kl"] < 0.01
+
+
+def test_fid_and_density_coverage():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2000, 4, generator=g)
+    b = torch.randn(2000, 4, generator=g)
+    assert metrics.fid(a, b) < 0.05
+    # Shifted mean by 1 in each of 4 dims and scaled covariance 4I: FID = 4 + 4·(1 + 4 − 2·2) = 8.
+    assert metrics.frechet_distance(torch.zeros(4), torch.eye(4), torch.ones(4), 4 * torch.eye(4)) == pytest.approx(8.0)
+    assert metrics.fid(a, 2 * b + 1) == pytest.approx(8.0, rel=0.15)
+    same = metrics.density_coverage(a, b)
+    far = metrics.density_coverage(a, b + 10)
+    assert 0.8 < same["density"] < 1.2 and same["coverage"] > 0.9
+    assert far == {"density": 0.0, "coverage": 0.0}
+    collapsed = metrics.density_coverage(a, torch.zeros(500, 4) + 0.01 * b[:500])
+    assert collapsed["coverage"] < 0.2
