@@ -5,8 +5,8 @@ test oracle and the fallback when the compiled library is absent. ``latentx.ops.
 says which implementation runs.
 """
 
-from latentx import ops
+from latentx import cma, ops
 from latentx.ops import backend
 
 __version__ = "0.1.0"
-__all__ = ["backend", "ops", "__version__"]
+__all__ = ["backend", "cma", "ops", "__version__"]

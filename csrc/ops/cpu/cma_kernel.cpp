@@ -4,6 +4,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "common/cpu_helpers.h"
 #include "ops/cma.h"
 
@@ -42,7 +44,9 @@ void cma_sample_epilogue_cpu(const CmaSampleArgs& a, at::Tensor& x, at::Tensor& 
     const scalar_t* sigma = a.sigma.const_data_ptr<scalar_t>();
     scalar_t* xp = x.mutable_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, b, 1, [&](int64_t begin, int64_t end) {
+    // Work-based grain: small batches stay on one thread (a parallel region costs more).
+    const int64_t grain = std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(1, popsize * d));
+    at::parallel_for(0, b, grain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         sample_epilogue_instance<scalar_t>(mean + i * d, sigma[i], xp + i * popsize * d,
                                            yp + i * popsize * d, popsize, d, a.bounded,
@@ -78,8 +82,10 @@ void cma_covariance_cpu(const CmaCovArgs& a, at::Tensor& cov) {
     const scalar_t* wy = a.wy.const_data_ptr<scalar_t>();
     const scalar_t* decay = a.decay.const_data_ptr<scalar_t>();
     const scalar_t c1 = static_cast<scalar_t>(a.c1);
-    // Parallel over all B*d rows: balanced for one large instance or many small ones.
-    at::parallel_for(0, b * d, 16, [&](int64_t begin, int64_t end) {
+    // Parallel over all B*d rows: balanced for one large instance or many small ones; a
+    // work-based grain keeps small updates on one thread.
+    const int64_t grain = std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(1, d * (k + 1)));
+    at::parallel_for(0, b * d, grain, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t inst = r / d, i = r % d;
         covariance_row<scalar_t>(c + r * d, pc + inst * d, y + inst * k * d, wy + inst * k * d,
