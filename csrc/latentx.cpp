@@ -36,6 +36,17 @@ TORCH_LIBRARY(latentx, m) {
   m.def(
       "cma_covariance_update_(Tensor(a!) cov, Tensor pc, Tensor y, Tensor weights, "
       "Tensor decay, float c1, float cmu) -> ()");
+
+  // LPIPS per-layer head (SPEC A3). feat0 [N,C,H,W], feat1 [N or 1,C,H,W], weight [C],
+  // mask [N or 1,1,H,W] at the layer's size -> [N] (or the [N,1,H,W] map when spatial).
+  m.def(
+      "lpips_head(Tensor feat0, Tensor feat1, Tensor weight, Tensor? mask, bool spatial) "
+      "-> Tensor");
+  // Gradients w.r.t. feat0 and feat1 (feat1's summed over N when it broadcasts); one not
+  // asked for comes back as an empty [0] tensor.
+  m.def(
+      "lpips_head_backward(Tensor grad, Tensor feat0, Tensor feat1, Tensor weight, "
+      "Tensor? mask, bool spatial, bool needs_grad0, bool needs_grad1) -> (Tensor, Tensor)");
 }
 
 namespace py = pybind11;

@@ -7,6 +7,7 @@ resolves to and why. The native ops are also reachable as ``torch.ops.latentx.<n
 from latentx.ops._native import backend, build_info
 from latentx.ops.cma import cma_covariance_update, cma_covariance_update_, cma_sample
 from latentx.ops.ifgsm import ifgsm_step, ifgsm_step_
+from latentx.ops.lpips_head import lpips_head
 
 __all__ = [
     "backend",
@@ -16,4 +17,5 @@ __all__ = [
     "cma_sample",
     "ifgsm_step",
     "ifgsm_step_",
+    "lpips_head",
 ]

@@ -281,3 +281,65 @@ def cma_covariance_update(
     rank_mu = (y * weights[:, :, None]).transpose(-1, -2) @ y
     rank_one = pc[:, :, None] * pc[:, None, :]
     return decay[:, None, None] * cov + c1 * rank_one + cmu * rank_mu
+
+
+LPIPS_EPS = 1e-10  # lpips.normalize_tensor: F / (|F| + eps)
+
+
+def check_lpips_head(feat0, feat1, weight, mask, spatial) -> None:
+    op = "lpips_head"
+    check_float(op, "feat0", feat0)
+    if feat0.dim() != 4:
+        raise ValueError(f"{op}: feat0 must be [N, C, H, W], got shape {list(feat0.shape)}")
+    n, c, h, w = feat0.shape
+    check_float(op, "feat1", feat1)
+    if feat1.device != feat0.device or feat1.dtype != feat0.dtype:
+        raise ValueError(f"{op}: feat1 must match feat0's device and dtype ({feat0.device}, "
+                         f"{feat0.dtype}), got ({feat1.device}, {feat1.dtype})")
+    if feat1.dim() != 4 or feat1.shape[0] not in (n, 1) or tuple(feat1.shape[1:]) != (c, h, w):
+        raise ValueError(f"{op}: feat1 must be [{n} or 1, {c}, {h}, {w}], got {list(feat1.shape)}")
+    check_float(op, "weight", weight)
+    if weight.device != feat0.device:
+        raise ValueError(f"{op}: weight must be on feat0's device ({feat0.device}), got {weight.device}")
+    if list(weight.shape) != [c]:
+        raise ValueError(f"{op}: weight must be [{c}], got {list(weight.shape)}")
+    if mask is not None:
+        if spatial:
+            raise ValueError(f"{op}: mask weights the spatial reduction; with spatial=True "
+                             "there is none (multiply the returned map instead)")
+        check_float(op, "mask", mask)
+        if mask.device != feat0.device:
+            raise ValueError(f"{op}: mask must be on feat0's device ({feat0.device}), got {mask.device}")
+        if mask.dim() != 4 or mask.shape[0] not in (n, 1) or tuple(mask.shape[1:]) != (1, h, w):
+            raise ValueError(f"{op}: mask must be [{n} or 1, 1, {h}, {w}] (resized to the layer), "
+                             f"got {list(mask.shape)}")
+
+
+def lpips_head(feat0: Tensor, feat1: Tensor, weight: Tensor, mask: Optional[Tensor] = None,
+               spatial: bool = False) -> Tensor:
+    """The LPIPS per-layer distance (SPEC A3), eagerly, as the `lpips` package computes it.
+
+    Args:
+        feat0: backbone features of the candidates [N, C, H, W].
+        feat1: features of the target(s) [N or 1, C, H, W] (1 broadcasts over N).
+        weight: the layer's non-negative linear weights w_c [C].
+        mask: m ∈ [0, 1] at the layer's resolution [N or 1, 1, H, W], or None.
+        spatial: return the distance map instead of its (masked) mean.
+
+    Returns:
+        [N]: Σ_hw m·d / Σ_hw m (the plain mean without a mask), or the map d [N, 1, H, W],
+        where d = Σ_c w_c (f̂0 − f̂1)² and f̂ = F / (‖F‖_c + 1e−10). Computed in float32 for
+        half inputs, returned in the features' dtype.
+    """
+    check_lpips_head(feat0, feat1, weight, mask, spatial)
+    dtype = opmath_dtype(feat0.dtype)
+    f0, f1 = feat0.to(dtype), feat1.to(dtype)
+    u = f0 / (f0.square().sum(1, keepdim=True).sqrt() + LPIPS_EPS)
+    v = f1 / (f1.square().sum(1, keepdim=True).sqrt() + LPIPS_EPS)
+    d = ((u - v).square() * weight.to(dtype)[None, :, None, None]).sum(1, keepdim=True)
+    if spatial:
+        return d.to(feat0.dtype)
+    if mask is None:
+        return d.mean((1, 2, 3)).to(feat0.dtype)
+    m = mask.to(dtype)
+    return ((d * m).sum((1, 2, 3)) / m.sum((1, 2, 3))).to(feat0.dtype)
