@@ -129,7 +129,7 @@ def warp_affine(
     ho, wo = int(size[0]), int(size[1])
     grid = F.affine_grid(theta.to(input.dtype), [n, c, ho, wo], align_corners=align_corners)
     s = affine_stretch(theta, (h, w), (ho, wo), align_corners)
-    s = torch.where(s > 1, s, 1.0).clamp(max=float(max(h, w)))
+    s = reference.clamp_stretch(s, h, w, input.dtype)
     stretch = s[:, None, None, :].expand(n, ho, wo, 2)
     return filtered_grid_sample(input, grid, align_corners=align_corners, padding_mode=padding_mode,
                                 filter=filter if antialias else "none", stretch=stretch, impl=impl)

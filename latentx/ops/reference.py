@@ -406,7 +406,10 @@ def grid_stretch(grid: Tensor, height: int, width: int, align_corners: bool) -> 
         s_x = ‖(∂ix/∂u, ∂ix/∂v)‖₂ with ix the input pixel column and (u, v) the output column
         and row (central differences, one-sided at the edges; an output axis of length 1
         contributes 0), which is invariant to rotations of the output; s_y likewise from iy.
-        Values ≤ 1 (no shrinking) and NaN become 1; values are capped at max(H, W).
+        Values ≤ 1 (no shrinking) and NaN become 1, and so do values within rounding of 1
+        (1e-9 for float64 grids, 1e-4 otherwise: an identity grid's differences are not
+        exactly 1, and the Gaussian filter is not continuous at s = 1); values are capped
+        at max(H, W).
     """
     g = grid.detach().to(opmath_dtype(grid.dtype))
     ix = grid_unnormalize(g[..., 0], width, align_corners)
@@ -420,7 +423,13 @@ def grid_stretch(grid: Tensor, height: int, width: int, align_corners: bool) -> 
     sx = torch.hypot(derivative(ix, 2), derivative(ix, 1))
     sy = torch.hypot(derivative(iy, 2), derivative(iy, 1))
     s = torch.stack([sx, sy], dim=-1)
-    return torch.where(s > 1, s, 1.0).clamp(max=float(max(height, width)))
+    return clamp_stretch(s, height, width, grid.dtype)
+
+
+def clamp_stretch(s: Tensor, height: int, width: int, dtype: torch.dtype) -> Tensor:
+    """Footprints ≤ 1 (within rounding, see ``grid_stretch``) and NaN → 1, capped at max(H, W)."""
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    return torch.where(s > 1 + tol, s, 1.0).clamp(max=float(max(height, width)))
 
 
 def _grid_pad_index(t: Tensor, size: int, padding_mode: int, align_corners: bool):

@@ -17,6 +17,9 @@
 namespace latentx {
 namespace {
 
+// Output values (each a sum over at least 4 taps) per parallel chunk.
+constexpr int64_t kGrainValues = 4096;
+
 // Per-thread tap buffers of one axis: normalised weights w^, their derivatives dw^/dcoord,
 // and the padded indices, for the taps that matter.
 template <typename T>
@@ -64,7 +67,9 @@ void forward_impl(const GridSampleArgs& a, at::Tensor& out) {
   const scalar_t* grid = a.grid.const_data_ptr<scalar_t>();
   const T* stretch = a.stretch.const_data_ptr<T>();
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, n * ho, 1, [&](int64_t begin, int64_t end) {
+  // Chunks of at least ~kGrainValues output values: small calls stay on one thread.
+  const int64_t grain = std::max<int64_t>(1, kGrainValues / std::max<int64_t>(1, wo * c));
+  at::parallel_for(0, n * ho, grain, [&](int64_t begin, int64_t end) {
     TapBuffer<T> tx(max_taps), ty(max_taps);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t s = row / ho, r = row % ho;
@@ -112,7 +117,8 @@ void backward_impl(const GridSampleArgs& a, const at::Tensor& grad, at::Tensor& 
   const scalar_t* go = grad.const_data_ptr<scalar_t>();
   T* gin = grad_input.defined() ? grad_input.mutable_data_ptr<T>() : nullptr;
   scalar_t* gg = grad_grid.defined() ? grad_grid.mutable_data_ptr<scalar_t>() : nullptr;
-  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, kGrainValues / std::max<int64_t>(1, plane_out * c));
+  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
     TapBuffer<T> tx(max_taps), ty(max_taps);
     for (int64_t s = begin; s < end; ++s) {
       for (int64_t q = 0; q < plane_out; ++q) {
