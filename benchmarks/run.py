@@ -11,11 +11,11 @@ from typing import Optional, Sequence
 import torch
 
 import latentx
-from latentx.benchmarks import bench_cma, bench_ifgsm_step
+from latentx.benchmarks import bench_cma, bench_grid_sample, bench_ifgsm_step
 from latentx.benchmarks.timing import format_table
 
 
-BENCHMARKS = {"ifgsm_step": bench_ifgsm_step, "cma": bench_cma}
+BENCHMARKS = {"ifgsm_step": bench_ifgsm_step, "cma": bench_cma, "grid_sample": bench_grid_sample}
 
 
 def build_parser() -> argparse.ArgumentParser:
