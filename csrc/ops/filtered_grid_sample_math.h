@@ -67,6 +67,7 @@ struct GridAxis {
   int64_t count = 0;
   T coord = T(0);        // input pixel coordinate (reduced to a safe range)
   T s = T(1);            // footprint in input pixels, in [1, cap]
+  T inv_s = T(1);        // 1 / s
   T radius = T(1);       // support half-width
   T inv_two_var = T(0);  // 1 / (2 sigma^2), Gaussian
   bool gaussian = false;
@@ -89,18 +90,21 @@ LATENTX_HOST_DEVICE T grid_tap_weight(const GridAxis<T>& a, int64_t k, T& dw) {
     return w;
   }
   if (d <= T(0)) {
-    dw = -T(1) / a.s;
-    return T(1) + d / a.s;
+    dw = -a.inv_s;
+    return T(1) + d * a.inv_s;
   }
-  dw = T(1) / a.s;
-  return T(1) - d / a.s;
+  dw = a.inv_s;
+  return T(1) - d * a.inv_s;
 }
 
 // The axis of an output pixel at input coordinate `coord` (finite) with footprint `stretch`
-// (<= 1 and NaN mean 1; capped at `cap` = max(H, W), which bounds the tap count).
+// (<= 1 and NaN mean 1; capped at `cap` = max(H, W), which bounds the tap count). Without
+// `normalize` the caller sets inv_norm (and dnorm) itself (the CPU forward sums the weights
+// while it stores them).
 template <typename T>
 LATENTX_HOST_DEVICE GridAxis<T> grid_axis(T coord, T stretch, int64_t size, T cap,
-                                          int64_t padding, bool align_corners, int64_t filter) {
+                                          int64_t padding, bool align_corners, int64_t filter,
+                                          bool normalize = true) {
   using std::ceil;
   using std::floor;
   using std::fmod;
@@ -109,6 +113,7 @@ LATENTX_HOST_DEVICE GridAxis<T> grid_axis(T coord, T stretch, int64_t size, T ca
   if (s > cap) s = cap;
   if (filter == kGridFilterNone) s = T(1);
   a.s = s;
+  a.inv_s = T(1) / s;
   a.gaussian = filter == kGridFilterGaussian && s > T(1);
   a.radius = a.gaussian ? s * T(kGaussianRadiusPerStretch) : s;
   const T sigma = s * T(0.5);
@@ -127,7 +132,7 @@ LATENTX_HOST_DEVICE GridAxis<T> grid_axis(T coord, T stretch, int64_t size, T ca
   a.coord = coord;
   a.first = static_cast<int64_t>(floor(coord)) - reach + 1;
   a.count = 2 * reach;
-  if (s > T(1)) {
+  if (normalize && s > T(1)) {
     T sum = T(0), dsum = T(0);
     for (int64_t k = 0; k < a.count; ++k) {
       T dw;

@@ -27,18 +27,29 @@ struct TapBuffer {
   std::vector<T> w, dw;
   std::vector<int64_t> index;
   int64_t count = 0;
+  bool contiguous = false;  // index[i] == index[0] + i: the taps are one run of pixels
   explicit TapBuffer(int64_t capacity) : w(capacity), dw(capacity), index(capacity) {}
 
   // Taps with a non-zero weight that read a pixel (zero padding's reads are 0): forward.
+  // `a` comes without its normalisation (grid_axis(..., normalize=false)); the sum of the
+  // weights (over every tap, padded ones included) is taken here in the same pass.
   void fill_forward(const GridAxis<T>& a, int64_t size, int64_t padding, bool align) {
     count = 0;
+    contiguous = true;
+    T sum = T(0);
     for (int64_t k = 0; k < a.count; ++k) {
       T unused;
-      const T wk = grid_tap_weight(a, k, unused) * a.inv_norm;
+      const T wk = grid_tap_weight(a, k, unused);
+      sum += wk;
       const int64_t i = grid_pad_index(a.first + k, size, padding, align);
       if (wk == T(0) || i < 0) continue;
+      contiguous = contiguous && (count == 0 || i == index[count - 1] + 1);
       w[count] = wk;
       index[count++] = i;
+    }
+    if (a.s > T(1)) {  // normalise; with s = 1 the bilinear weights are left as they are
+      const T inv = T(1) / sum;
+      for (int64_t k = 0; k < count; ++k) w[k] *= inv;
     }
   }
 
@@ -82,17 +93,24 @@ void forward_impl(const GridSampleArgs& a, at::Tensor& out) {
           for (int64_t ch = 0; ch < c; ++ch) dst[ch * plane_out] = scalar_t(0);
           continue;
         }
-        tx.fill_forward(grid_axis(ix, stretch[2 * p], w, T(cap), a.padding, a.align_corners, a.filter),
+        tx.fill_forward(grid_axis(ix, stretch[2 * p], w, T(cap), a.padding, a.align_corners, a.filter, false),
                         w, a.padding, a.align_corners);
-        ty.fill_forward(grid_axis(iy, stretch[2 * p + 1], h, T(cap), a.padding, a.align_corners, a.filter),
+        ty.fill_forward(grid_axis(iy, stretch[2 * p + 1], h, T(cap), a.padding, a.align_corners, a.filter, false),
                         h, a.padding, a.align_corners);
+        const T* wx = tx.w.data();
+        const int64_t nx = tx.count;
         for (int64_t ch = 0; ch < c; ++ch) {
           const scalar_t* plane = in + (s * c + ch) * h * w;
           T acc = T(0);
           for (int64_t j = 0; j < ty.count; ++j) {
             const scalar_t* line = plane + ty.index[j] * w;
             T racc = T(0);
-            for (int64_t i = 0; i < tx.count; ++i) racc += tx.w[i] * static_cast<T>(line[tx.index[i]]);
+            if (tx.contiguous) {  // the common case inside the image: one run of pixels
+              const scalar_t* run = line + (nx > 0 ? tx.index[0] : 0);
+              for (int64_t i = 0; i < nx; ++i) racc += wx[i] * static_cast<T>(run[i]);
+            } else {
+              for (int64_t i = 0; i < nx; ++i) racc += wx[i] * static_cast<T>(line[tx.index[i]]);
+            }
             acc += ty.w[j] * racc;
           }
           dst[ch * plane_out] = static_cast<scalar_t>(acc);
