@@ -11,11 +11,23 @@ from typing import Optional, Sequence
 import torch
 
 import latentx
-from latentx.benchmarks import bench_advlat, bench_cma, bench_ifgsm_step
+from latentx.benchmarks import (
+    bench_advlat,
+    bench_cma,
+    bench_grid_sample,
+    bench_ifgsm_step,
+    bench_lpips,
+)
 from latentx.benchmarks.timing import format_table
 
 
-BENCHMARKS = {"ifgsm_step": bench_ifgsm_step, "cma": bench_cma, "advlat": bench_advlat}
+BENCHMARKS = {
+    "ifgsm_step": bench_ifgsm_step,
+    "cma": bench_cma,
+    "lpips": bench_lpips,
+    "grid_sample": bench_grid_sample,
+    "advlat": bench_advlat,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

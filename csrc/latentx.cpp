@@ -36,6 +36,30 @@ TORCH_LIBRARY(latentx, m) {
   m.def(
       "cma_covariance_update_(Tensor(a!) cov, Tensor pc, Tensor y, Tensor weights, "
       "Tensor decay, float c1, float cmu) -> ()");
+
+  // LPIPS per-layer head (SPEC A3). feat0 [N,C,H,W], feat1 [N or 1,C,H,W], weight [C],
+  // mask [N or 1,1,H,W] at the layer's size -> [N] (or the [N,1,H,W] map when spatial).
+  m.def(
+      "lpips_head(Tensor feat0, Tensor feat1, Tensor weight, Tensor? mask, bool spatial) "
+      "-> Tensor");
+  // Gradients w.r.t. feat0 and feat1 (feat1's summed over N when it broadcasts); one not
+  // asked for comes back as an empty [0] tensor.
+  m.def(
+      "lpips_head_backward(Tensor grad, Tensor feat0, Tensor feat1, Tensor weight, "
+      "Tensor? mask, bool spatial, bool needs_grad0, bool needs_grad1) -> (Tensor, Tensor)");
+
+  // Grid sample with low-pass filtering (SPEC A4). input [N,C,H,W], grid [N,Ho,Wo,2] in
+  // [-1,1], stretch [N,Ho,Wo,2] = footprint (s_x, s_y) in input pixels (held constant);
+  // padding_mode 0 zeros / 1 border / 2 reflection; filter 0 none / 1 tent / 2 gaussian
+  // -> [N,C,Ho,Wo].
+  m.def(
+      "filtered_grid_sample(Tensor input, Tensor grid, Tensor stretch, int padding_mode, "
+      "bool align_corners, int filter) -> Tensor");
+  // Gradients w.r.t. input and grid; one not asked for comes back as an empty [0] tensor.
+  m.def(
+      "filtered_grid_sample_backward(Tensor grad, Tensor input, Tensor grid, Tensor stretch, "
+      "int padding_mode, bool align_corners, int filter, bool needs_input_grad, "
+      "bool needs_grid_grad) -> (Tensor, Tensor)");
 }
 
 namespace py = pybind11;

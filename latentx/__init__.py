@@ -6,7 +6,8 @@ says which implementation runs.
 """
 
 from latentx import cma, ops
+from latentx.lpips import LPIPS
 from latentx.ops import backend
 
 __version__ = "0.1.0"
-__all__ = ["backend", "cma", "ops", "__version__"]
+__all__ = ["LPIPS", "backend", "cma", "ops", "__version__"]

@@ -19,7 +19,11 @@ python=${PYTHON:-python3}
 
 pip install -q --disable-pip-version-check -c constraints.txt torch
 pip install -q --disable-pip-version-check -c constraints.txt \
-  scikit-build-core cmake ninja numpy pytest hypothesis cma
+  scikit-build-core cmake ninja numpy pytest hypothesis cma scikit-image tqdm
+# Test-only references, without their dependencies: with them, lpips would pull an
+# unpinned torchvision and with it a newer torch. The tests import torchvision's pure-Python
+# model definitions through a shim (ENVIRONMENT.md).
+pip install -q --disable-pip-version-check -c constraints.txt --no-deps lpips torchvision
 # Explicit, so a value cached in build/ by an earlier hand build cannot turn the check off.
 build_flags=(-C cmake.define.LATENTX_CUDA_CHECK=ON)
 if [ "${LATENTX_REQUIRE_NVCC:-0}" = 1 ]; then

@@ -10,11 +10,7 @@
 #include <cmath>
 #include <optional>
 
-#if defined(__CUDACC__)
-#define LATENTX_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define LATENTX_HOST_DEVICE inline
-#endif
+#include "common/host_device.h"
 
 namespace latentx {
 

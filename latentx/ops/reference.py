@@ -281,3 +281,272 @@ def cma_covariance_update(
     rank_mu = (y * weights[:, :, None]).transpose(-1, -2) @ y
     rank_one = pc[:, :, None] * pc[:, None, :]
     return decay[:, None, None] * cov + c1 * rank_one + cmu * rank_mu
+
+
+LPIPS_EPS = 1e-10  # lpips.normalize_tensor: F / (|F| + eps)
+
+
+def check_lpips_head(feat0, feat1, weight, mask, spatial) -> None:
+    op = "lpips_head"
+    check_float(op, "feat0", feat0)
+    if feat0.dim() != 4:
+        raise ValueError(f"{op}: feat0 must be [N, C, H, W], got shape {list(feat0.shape)}")
+    n, c, h, w = feat0.shape
+    check_float(op, "feat1", feat1)
+    if feat1.device != feat0.device or feat1.dtype != feat0.dtype:
+        raise ValueError(f"{op}: feat1 must match feat0's device and dtype ({feat0.device}, "
+                         f"{feat0.dtype}), got ({feat1.device}, {feat1.dtype})")
+    if feat1.dim() != 4 or feat1.shape[0] not in (n, 1) or tuple(feat1.shape[1:]) != (c, h, w):
+        raise ValueError(f"{op}: feat1 must be [{n} or 1, {c}, {h}, {w}], got {list(feat1.shape)}")
+    check_float(op, "weight", weight)
+    if weight.device != feat0.device:
+        raise ValueError(f"{op}: weight must be on feat0's device ({feat0.device}), got {weight.device}")
+    if list(weight.shape) != [c]:
+        raise ValueError(f"{op}: weight must be [{c}], got {list(weight.shape)}")
+    if mask is not None:
+        if spatial:
+            raise ValueError(f"{op}: mask weights the spatial reduction; with spatial=True "
+                             "there is none (multiply the returned map instead)")
+        check_float(op, "mask", mask)
+        if mask.device != feat0.device:
+            raise ValueError(f"{op}: mask must be on feat0's device ({feat0.device}), got {mask.device}")
+        if mask.dim() != 4 or mask.shape[0] not in (n, 1) or tuple(mask.shape[1:]) != (1, h, w):
+            raise ValueError(f"{op}: mask must be [{n} or 1, 1, {h}, {w}] (resized to the layer), "
+                             f"got {list(mask.shape)}")
+
+
+def lpips_head(feat0: Tensor, feat1: Tensor, weight: Tensor, mask: Optional[Tensor] = None,
+               spatial: bool = False) -> Tensor:
+    """The LPIPS per-layer distance (SPEC A3), eagerly, as the `lpips` package computes it.
+
+    Args:
+        feat0: backbone features of the candidates [N, C, H, W].
+        feat1: features of the target(s) [N or 1, C, H, W] (1 broadcasts over N).
+        weight: the layer's non-negative linear weights w_c [C].
+        mask: m ∈ [0, 1] at the layer's resolution [N or 1, 1, H, W], or None.
+        spatial: return the distance map instead of its (masked) mean.
+
+    Returns:
+        [N]: Σ_hw m·d / Σ_hw m (the plain mean without a mask), or the map d [N, 1, H, W],
+        where d = Σ_c w_c (f̂0 − f̂1)² and f̂ = F / (‖F‖_c + 1e−10). Computed in float32 for
+        half inputs, returned in the features' dtype.
+    """
+    check_lpips_head(feat0, feat1, weight, mask, spatial)
+    dtype = opmath_dtype(feat0.dtype)
+    f0, f1 = feat0.to(dtype), feat1.to(dtype)
+    u = f0 / (f0.square().sum(1, keepdim=True).sqrt() + LPIPS_EPS)
+    v = f1 / (f1.square().sum(1, keepdim=True).sqrt() + LPIPS_EPS)
+    d = ((u - v).square() * weight.to(dtype)[None, :, None, None]).sum(1, keepdim=True)
+    if spatial:
+        return d.to(feat0.dtype)
+    if mask is None:
+        return d.mean((1, 2, 3)).to(feat0.dtype)
+    m = mask.to(dtype)
+    return ((d * m).sum((1, 2, 3)) / m.sum((1, 2, 3))).to(feat0.dtype)
+
+
+# --- filtered_grid_sample (SPEC A4) ---------------------------------------------------------
+
+# The integer codes of the native op's padding_mode and filter arguments (the order of
+# torch's own GridSamplerPadding for the padding modes).
+GRID_PADDING_MODES = {"zeros": 0, "border": 1, "reflection": 2}
+GRID_FILTERS = {"none": 0, "tent": 1, "gaussian": 2}
+GAUSSIAN_SIGMA_PER_STRETCH = 0.5  # σ = s / 2: the tent's and the Gaussian's variances are close
+GAUSSIAN_RADIUS_SIGMAS = 3.0      # taps within 3σ (weights beyond are below 1.2 %)
+
+
+def check_filtered_grid_sample(input, grid, stretch, padding_mode, align_corners, filter) -> None:
+    """Argument checks of filtered_grid_sample; ``stretch`` may be None (not yet computed)."""
+    op = "filtered_grid_sample"
+    check_float(op, "input", input)
+    if input.dim() != 4:
+        raise ValueError(f"{op}: input must be [N, C, H, W], got shape {list(input.shape)}")
+    n, _, h, w = input.shape
+    if h < 1 or w < 1:
+        raise ValueError(f"{op}: input must have H >= 1 and W >= 1, got shape {list(input.shape)}")
+    check_float(op, "grid", grid)
+    if grid.device != input.device:
+        raise ValueError(f"{op}: grid must be on the same device as input ({input.device}), got {grid.device}")
+    if grid.dtype != input.dtype:
+        raise TypeError(f"{op}: grid must have the same dtype as input ({input.dtype}), got {grid.dtype}")
+    if grid.dim() != 4 or grid.shape[0] != n or grid.shape[3] != 2:
+        raise ValueError(f"{op}: grid must be [{n}, Ho, Wo, 2] (x, y in [-1, 1]), got shape {list(grid.shape)}")
+    if stretch is not None:
+        check_float(op, "stretch", stretch)
+        if stretch.device != input.device:
+            raise ValueError(f"{op}: stretch must be on the same device as input ({input.device}), "
+                             f"got {stretch.device}")
+        if stretch.shape != grid.shape:
+            raise ValueError(f"{op}: stretch must have grid's shape {list(grid.shape)}, got {list(stretch.shape)}")
+    if isinstance(padding_mode, bool) or padding_mode not in GRID_PADDING_MODES.values():
+        raise ValueError(f"{op}: padding_mode must be one of {GRID_PADDING_MODES} (name: code), got {padding_mode!r}")
+    if isinstance(filter, bool) or filter not in GRID_FILTERS.values():
+        raise ValueError(f"{op}: filter must be one of {GRID_FILTERS} (name: code), got {filter!r}")
+    if not isinstance(align_corners, bool):
+        raise TypeError(f"{op}: align_corners must be a bool, got {type(align_corners).__name__}")
+
+
+def grid_unnormalize(coord: Tensor, size: int, align_corners: bool) -> Tensor:
+    """Normalised coordinates in [-1, 1] → input pixel coordinates, as F.grid_sample maps them:
+    -1 and 1 are the centres of the corner pixels with align_corners, their outer edges without."""
+    if align_corners:
+        return (coord + 1) / 2 * (size - 1)
+    return ((coord + 1) * size - 1) / 2
+
+
+def grid_stretch(grid: Tensor, height: int, width: int, align_corners: bool) -> Tensor:
+    """The footprint of every output pixel in input pixels, from the grid's local Jacobian.
+
+    Args:
+        grid: [N, Ho, Wo, 2] normalised sampling locations (x, y), as for F.grid_sample.
+        height, width: the input's H and W.
+
+    Returns:
+        stretch [N, Ho, Wo, 2] = (s_x, s_y), detached, in the grid's opmath dtype:
+        s_x = ‖(∂ix/∂u, ∂ix/∂v)‖₂ with ix the input pixel column and (u, v) the output column
+        and row (central differences, one-sided at the edges; an output axis of length 1
+        contributes 0), which is invariant to rotations of the output; s_y likewise from iy.
+        Values ≤ 1 (no shrinking) and NaN become 1, and so do values within rounding of 1
+        (1e-9 for float64 grids, 1e-4 otherwise: an identity grid's differences are not
+        exactly 1, and the Gaussian filter is not continuous at s = 1); values are capped
+        at max(H, W).
+    """
+    g = grid.detach().to(opmath_dtype(grid.dtype))
+    ix = grid_unnormalize(g[..., 0], width, align_corners)
+    iy = grid_unnormalize(g[..., 1], height, align_corners)
+
+    def derivative(t: Tensor, dim: int) -> Tensor:
+        if t.shape[dim] < 2:
+            return torch.zeros_like(t)
+        return torch.gradient(t, dim=dim)[0]
+
+    sx = torch.hypot(derivative(ix, 2), derivative(ix, 1))
+    sy = torch.hypot(derivative(iy, 2), derivative(iy, 1))
+    s = torch.stack([sx, sy], dim=-1)
+    return clamp_stretch(s, height, width, grid.dtype)
+
+
+def clamp_stretch(s: Tensor, height: int, width: int, dtype: torch.dtype) -> Tensor:
+    """Footprints ≤ 1 (within rounding, see ``grid_stretch``) and NaN → 1, capped at max(H, W)."""
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    return torch.where(s > 1 + tol, s, 1.0).clamp(max=float(max(height, width)))
+
+
+def _grid_pad_index(t: Tensor, size: int, padding_mode: int, align_corners: bool):
+    """Tap indices → (in-range index, value mask or None) under the padding rule, per tap:
+    zeros reads 0 outside (the tap's weight still counts), border clamps the index,
+    reflection mirrors it about the image edges (-0.5 and size-0.5; 0 and size-1 with
+    align_corners)."""
+    if padding_mode == GRID_PADDING_MODES["zeros"]:
+        inside = (t >= 0) & (t < size)
+        return t.clamp(0, size - 1), inside
+    if padding_mode == GRID_PADDING_MODES["border"]:
+        return t.clamp(0, size - 1), None
+    if align_corners:
+        if size == 1:
+            return torch.zeros_like(t), None
+        period = 2 * (size - 1)
+        m = torch.remainder(t, period)
+        return torch.where(m >= size, period - m, m), None
+    period = 2 * size
+    m = torch.remainder(t, period)
+    return torch.where(m >= size, period - 1 - m, m), None
+
+
+def _grid_axis(coord: Tensor, s: Tensor, size: int, cap: int, padding_mode: int, align_corners: bool,
+               filter: int):
+    """One axis of the separable filter: the effective stretch (≥ 1, NaN → 1, ≤ cap), the
+    support radius, the coordinate reduced to a safe range (results unchanged), and whether
+    the Gaussian applies. coord, s: [N, Ho, Wo] in opmath dtype."""
+    s = torch.where(s > 1, s, 1.0).clamp(max=float(cap))
+    if filter == GRID_FILTERS["none"]:
+        s = torch.ones_like(s)
+    gaussian = (s > 1) & (filter == GRID_FILTERS["gaussian"])
+    radius = torch.where(gaussian, s * (GAUSSIAN_SIGMA_PER_STRETCH * GAUSSIAN_RADIUS_SIGMAS), s)
+    if padding_mode == GRID_PADDING_MODES["reflection"] and (size > 1 or not align_corners):
+        # Reflection is periodic: an exact fmod by the period changes neither the taps'
+        # reflected indices nor their distances, and keeps huge coordinates in int64 range.
+        coord = torch.fmod(coord, float(2 * (size - 1) if align_corners else 2 * size))
+    else:
+        # Beyond these bounds every tap is outside the image (zeros: all 0; border: all the
+        # edge pixel; size-1 reflection: all pixel 0): the result does not change.
+        reach = torch.ceil(radius) + 2
+        coord = torch.maximum(torch.minimum(coord, size - 1 + reach), -reach)
+    return coord, s, radius, gaussian
+
+
+def _grid_axis_weights(coord, s, radius, gaussian, k: int):
+    """Tap k (an offset from floor(coord)) of one axis: its integer position and weight.
+    Tent: w(d) = max(0, 1 - |d|/s), written so autograd takes grid_sample's one-sided
+    derivative at the kinks (d = 0: the left branch; the support is (-r, r]). Gaussian:
+    exp(-d²/(2σ²)), σ = s/2, on the support (-3σ, 3σ]. d = tap − coord."""
+    tap = torch.floor(coord).detach() + k
+    d = tap - coord
+    inside = (d > -radius) & (d <= radius)
+    tent = torch.where(d <= 0, 1 + d / s, 1 - d / s)
+    sigma = s * GAUSSIAN_SIGMA_PER_STRETCH
+    gauss = torch.exp(-(d * d) / (2 * sigma * sigma))
+    w = torch.where(inside, torch.where(gaussian, gauss, tent), 0.0)
+    return tap.long(), w
+
+
+def filtered_grid_sample(input: Tensor, grid: Tensor, stretch: Tensor, padding_mode: int,
+                         align_corners: bool, filter: int) -> Tensor:
+    """Grid sampling with a low-pass filter stretched by each output pixel's footprint (SPEC A4).
+
+    Args:
+        input: [N, C, H, W].
+        grid: [N, Ho, Wo, 2] normalised sampling locations (x, y) as for F.grid_sample.
+        stretch: [N, Ho, Wo, 2] footprint (s_x, s_y) in input pixels (``grid_stretch``);
+            held constant (no gradient flows into it).
+        padding_mode: 0 zeros, 1 border, 2 reflection (``GRID_PADDING_MODES``).
+        filter: 0 none (bilinear everywhere), 1 tent, 2 gaussian (``GRID_FILTERS``).
+
+    Returns:
+        [N, C, Ho, Wo] in input's dtype: out = Σ_ij wx_i wy_j v_ij / (Σwx Σwy), separable
+        weights over integer taps around (ix, iy), values v read with the padding rule per
+        tap. Along an axis with s ≤ 1 the weights are the bilinear ones, not normalised (so
+        the result is F.grid_sample's bilinear one); a non-finite location gives 0.
+        Computed in float32 for half inputs (float64 for float64), gradients by autograd.
+    """
+    check_filtered_grid_sample(input, grid, stretch, padding_mode, align_corners, filter)
+    dtype = opmath_dtype(input.dtype)
+    n, c, h, w = input.shape
+    _, ho, wo, _ = grid.shape
+    if input.numel() == 0 or grid.numel() == 0:
+        return input.new_zeros((n, c, ho, wo)) + 0 * grid.sum() + 0 * input.sum()
+    x = input.to(dtype)
+    g = grid.to(dtype)
+    s = stretch.detach().to(dtype)
+    ix = grid_unnormalize(g[..., 0], w, align_corners)
+    iy = grid_unnormalize(g[..., 1], h, align_corners)
+    valid = torch.isfinite(ix) & torch.isfinite(iy)
+    # Invalid locations read a harmless place; their output is zeroed at the end and the
+    # where() sends them no gradient.
+    ix = torch.where(valid, ix, 0.0)
+    iy = torch.where(valid, iy, 0.0)
+    cap = max(h, w)
+    ix, sx, rx, gx = _grid_axis(ix, s[..., 0], w, cap, padding_mode, align_corners, filter)
+    iy, sy, ry, gy = _grid_axis(iy, s[..., 1], h, cap, padding_mode, align_corners, filter)
+    taps_x = int(math.ceil(float(rx.max())))
+    taps_y = int(math.ceil(float(ry.max())))
+    x_taps = [_grid_axis_weights(ix, sx, rx, gx, k) for k in range(-taps_x + 1, taps_x + 1)]
+    y_taps = [_grid_axis_weights(iy, sy, ry, gy, k) for k in range(-taps_y + 1, taps_y + 1)]
+    # Normalise only where the filter is stretched: with s = 1 the weights already sum to 1.
+    norm_x = torch.where(sx > 1, sum(wk for _, wk in x_taps), 1.0)
+    norm_y = torch.where(sy > 1, sum(wk for _, wk in y_taps), 1.0)
+    flat = x.reshape(n, c, h * w)
+    acc = None
+    for ty, wy in y_taps:
+        row, row_in = _grid_pad_index(ty, h, padding_mode, align_corners)
+        for tx, wx in x_taps:
+            col, col_in = _grid_pad_index(tx, w, padding_mode, align_corners)
+            index = (row * w + col).reshape(n, 1, ho * wo).expand(n, c, ho * wo)
+            v = torch.gather(flat, 2, index).reshape(n, c, ho, wo)
+            weight = wy * wx
+            if row_in is not None:
+                weight = weight * (row_in & col_in)
+            term = v * weight[:, None]
+            acc = term if acc is None else acc + term
+    out = acc / (norm_x * norm_y)[:, None]
+    return torch.where(valid[:, None], out, 0.0).to(input.dtype)

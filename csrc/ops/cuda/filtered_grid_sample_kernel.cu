@@ -1,0 +1,175 @@
+// CUDA kernels of filtered_grid_sample: one thread per output pixel, looping over channels and
+// taps; tap weights are recomputed in the loops (a few flops, or one exp for the Gaussian)
+// rather than kept in per-thread arrays of unbounded length. The input gradient is scattered
+// with atomicAdd into an opmath (float32 / float64) buffer.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "common/cuda_helpers.cuh"
+#include "ops/filtered_grid_sample.h"
+#include "ops/filtered_grid_sample_math.h"
+
+namespace latentx {
+namespace {
+
+struct Shape {
+  int64_t n, c, h, w, ho, wo;
+  int64_t padding, filter;
+  bool align_corners;
+};
+
+template <typename scalar_t, typename T>
+__device__ __forceinline__ bool pixel_axes(const Shape& sh, int64_t p, const scalar_t* grid,
+                                           const T* stretch, GridAxis<T>& ax, GridAxis<T>& ay) {
+  const T ix = grid_unnormalize(static_cast<T>(grid[2 * p]), sh.w, sh.align_corners);
+  const T iy = grid_unnormalize(static_cast<T>(grid[2 * p + 1]), sh.h, sh.align_corners);
+  if (!(grid_finite(ix) && grid_finite(iy))) return false;
+  const T cap = T(sh.h > sh.w ? sh.h : sh.w);
+  ax = grid_axis(ix, stretch[2 * p], sh.w, cap, sh.padding, sh.align_corners, sh.filter);
+  ay = grid_axis(iy, stretch[2 * p + 1], sh.h, cap, sh.padding, sh.align_corners, sh.filter);
+  return true;
+}
+
+template <typename scalar_t, typename T>
+__global__ void forward_kernel(Shape sh,
+                               const scalar_t* input,  // [N, C, H, W]
+                               const scalar_t* grid,   // [N, Ho, Wo, 2]
+                               const T* stretch,       // [N, Ho, Wo, 2]
+                               scalar_t* out) {        // [N, C, Ho, Wo]
+  const int64_t plane_out = sh.ho * sh.wo;
+  LATENTX_CUDA_KERNEL_LOOP(p, sh.n * plane_out) {
+    const int64_t s = p / plane_out, q = p % plane_out;
+    scalar_t* dst = out + s * sh.c * plane_out + q;
+    GridAxis<T> ax, ay;
+    if (!pixel_axes(sh, p, grid, stretch, ax, ay)) {  // undefined location: 0 by definition
+      for (int64_t ch = 0; ch < sh.c; ++ch) dst[ch * plane_out] = scalar_t(0);
+      continue;
+    }
+    for (int64_t ch = 0; ch < sh.c; ++ch) {
+      const scalar_t* plane = input + (s * sh.c + ch) * sh.h * sh.w;
+      T acc = T(0);
+      for (int64_t j = 0; j < ay.count; ++j) {
+        T unused;
+        const T wy = grid_tap_weight(ay, j, unused) * ay.inv_norm;
+        const int64_t yi = grid_pad_index(ay.first + j, sh.h, sh.padding, sh.align_corners);
+        if (wy == T(0) || yi < 0) continue;
+        const scalar_t* line = plane + yi * sh.w;
+        T racc = T(0);
+        for (int64_t i = 0; i < ax.count; ++i) {
+          const T wx = grid_tap_weight(ax, i, unused) * ax.inv_norm;
+          const int64_t xi = grid_pad_index(ax.first + i, sh.w, sh.padding, sh.align_corners);
+          if (wx == T(0) || xi < 0) continue;
+          racc += wx * static_cast<T>(line[xi]);
+        }
+        acc += wy * racc;
+      }
+      dst[ch * plane_out] = static_cast<scalar_t>(acc);
+    }
+  }
+}
+
+template <typename scalar_t, typename T>
+__global__ void backward_kernel(Shape sh, T scale_x, T scale_y,
+                                const scalar_t* input,    // [N, C, H, W]
+                                const scalar_t* grid,     // [N, Ho, Wo, 2]
+                                const T* stretch,         // [N, Ho, Wo, 2]
+                                const scalar_t* grad,     // [N, C, Ho, Wo]
+                                T* grad_input,            // [N, C, H, W] opmath, or null
+                                scalar_t* grad_grid) {    // [N, Ho, Wo, 2], or null
+  const int64_t plane_out = sh.ho * sh.wo;
+  LATENTX_CUDA_KERNEL_LOOP(p, sh.n * plane_out) {
+    const int64_t s = p / plane_out, q = p % plane_out;
+    GridAxis<T> ax, ay;
+    if (!pixel_axes(sh, p, grid, stretch, ax, ay)) continue;  // output 0: no gradient (zeroed)
+    T gx = T(0), gy = T(0);
+    for (int64_t ch = 0; ch < sh.c; ++ch) {
+      const T g = static_cast<T>(grad[(s * sh.c + ch) * plane_out + q]);
+      const int64_t plane = (s * sh.c + ch) * sh.h * sh.w;
+      T bx = T(0), by = T(0);
+      for (int64_t j = 0; j < ay.count; ++j) {
+        T dwy;
+        const T wy_raw = grid_tap_weight(ay, j, dwy);
+        const int64_t yi = grid_pad_index(ay.first + j, sh.h, sh.padding, sh.align_corners);
+        if ((wy_raw == T(0) && dwy == T(0)) || yi < 0) continue;
+        const T wy = wy_raw * ay.inv_norm;
+        const T dy = (dwy - wy_raw * ay.dnorm) * ay.inv_norm;
+        T rw = T(0), rd = T(0);
+        for (int64_t i = 0; i < ax.count; ++i) {
+          T dwx;
+          const T wx_raw = grid_tap_weight(ax, i, dwx);
+          const int64_t xi = grid_pad_index(ax.first + i, sh.w, sh.padding, sh.align_corners);
+          if ((wx_raw == T(0) && dwx == T(0)) || xi < 0) continue;
+          const T wx = wx_raw * ax.inv_norm;
+          const int64_t at = plane + yi * sh.w + xi;
+          if (grad_grid) {
+            const T v = static_cast<T>(input[at]);
+            rw += wx * v;
+            rd += (dwx - wx_raw * ax.dnorm) * ax.inv_norm * v;
+          }
+          if (grad_input) atomicAdd(grad_input + at, g * wy * wx);
+        }
+        bx += wy * rd;
+        by += dy * rw;
+      }
+      gx += g * bx;
+      gy += g * by;
+    }
+    if (grad_grid) {
+      grad_grid[2 * p] = static_cast<scalar_t>(gx * scale_x);
+      grad_grid[2 * p + 1] = static_cast<scalar_t>(gy * scale_y);
+    }
+  }
+}
+
+Shape shape_of(const GridSampleArgs& a) {
+  return Shape{a.input.size(0), a.input.size(1), a.input.size(2), a.input.size(3),
+               a.grid.size(1),  a.grid.size(2),  a.padding,       a.filter,
+               a.align_corners};
+}
+
+void forward_cuda(const GridSampleArgs& a, at::Tensor& out) {
+  const c10::cuda::CUDAGuard guard(a.input.device());
+  const Shape sh = shape_of(a);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(), "filtered_grid_sample_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
+    forward_kernel<scalar_t, T><<<grid_size(sh.n * sh.ho * sh.wo), kThreadsPerBlock, 0, stream>>>(
+        sh, a.input.const_data_ptr<scalar_t>(), a.grid.const_data_ptr<scalar_t>(),
+        a.stretch.const_data_ptr<T>(), out.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void backward_cuda(const GridSampleArgs& a, const at::Tensor& grad, at::Tensor& grad_input,
+                   at::Tensor& grad_grid) {
+  const c10::cuda::CUDAGuard guard(a.input.device());
+  const Shape sh = shape_of(a);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(), "filtered_grid_sample_backward_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
+    backward_kernel<scalar_t, T><<<grid_size(sh.n * sh.ho * sh.wo), kThreadsPerBlock, 0, stream>>>(
+        sh, T(grid_unnormalize_scale(sh.w, sh.align_corners)),
+        T(grid_unnormalize_scale(sh.h, sh.align_corners)), a.input.const_data_ptr<scalar_t>(),
+        a.grid.const_data_ptr<scalar_t>(), a.stretch.const_data_ptr<T>(),
+        grad.const_data_ptr<scalar_t>(),
+        grad_input.defined() ? grad_input.mutable_data_ptr<T>() : nullptr,
+        grad_grid.defined() ? grad_grid.mutable_data_ptr<scalar_t>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(latentx, CUDA, m) {
+  m.impl("filtered_grid_sample", &filtered_grid_sample<forward_cuda>);
+  m.impl("filtered_grid_sample_backward", &filtered_grid_sample_backward<backward_cuda>);
+}
+
+}  // namespace latentx

@@ -1,0 +1,158 @@
+// Per-axis filter math of filtered_grid_sample (SPEC A4), shared by the CPU and CUDA kernels
+// and mirrored by latentx/ops/reference.py (filtered_grid_sample).
+//
+// One output pixel samples the input around the pixel coordinate (ix, iy) with separable
+// weights over integer taps t: d = t - ix,
+//   tent:     w(d) = max(0, 1 - |d|/s)          support (-s, s]   (s = 1: bilinear)
+//   gaussian: w(d) = exp(-d^2 / (2 sigma^2))    support (-3 sigma, 3 sigma], sigma = s/2
+// where s >= 1 is the footprint (stretch) along the axis. Where s > 1 the weights are
+// normalised by their sum (separably); where s = 1 they are the bilinear ones, not divided,
+// so the result is F.grid_sample's. The derivative w' = dw/dix is the one-sided one from the
+// right at the tent's kinks (as grid_sample's bilinear gradient): -1/s on (-s, 0], 1/s on
+// (0, s]; the Gaussian's is w d / sigma^2. With W = sum w and the normalised weight
+// w^ = w/W, dw^/dix = (w' - w sum(w')/W) / W.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "common/host_device.h"
+
+namespace latentx {
+
+// Codes of the op's padding_mode and filter arguments (padding in torch's GridSamplerPadding
+// order).
+constexpr int64_t kGridPadZeros = 0, kGridPadBorder = 1, kGridPadReflection = 2;
+constexpr int64_t kGridFilterNone = 0, kGridFilterTent = 1, kGridFilterGaussian = 2;
+// sigma = s/2 (close to the tent's variance s^2/6), taps within 3 sigma.
+constexpr double kGaussianRadiusPerStretch = 0.5 * 3.0;
+
+// F.grid_sample's map from [-1, 1] to input pixel coordinates.
+template <typename T>
+LATENTX_HOST_DEVICE T grid_unnormalize(T coord, int64_t size, bool align_corners) {
+  return align_corners ? (coord + T(1)) / T(2) * T(size - 1)
+                       : ((coord + T(1)) * T(size) - T(1)) / T(2);
+}
+
+// x - x is 0 for finite x and NaN for NaN and +-inf (no <cmath> overload games on device).
+template <typename T>
+LATENTX_HOST_DEVICE bool grid_finite(T x) {
+  return x - x == T(0);
+}
+
+// The in-range index tap t reads under the padding rule, or -1 for zero padding (reads 0).
+// Reflection mirrors about -0.5 and size - 0.5 (about 0 and size - 1 with align_corners):
+// per tap, this reproduces grid_sample's reflection of the coordinate in the bilinear case.
+LATENTX_HOST_DEVICE int64_t grid_pad_index(int64_t t, int64_t size, int64_t padding,
+                                           bool align_corners) {
+  if (padding == kGridPadZeros) return (t >= 0 && t < size) ? t : -1;
+  if (padding == kGridPadBorder) return t < 0 ? 0 : (t >= size ? size - 1 : t);
+  if (align_corners) {
+    if (size == 1) return 0;
+    const int64_t period = 2 * (size - 1);
+    int64_t m = t % period;
+    if (m < 0) m += period;
+    return m >= size ? period - m : m;
+  }
+  const int64_t period = 2 * size;
+  int64_t m = t % period;
+  if (m < 0) m += period;
+  return m >= size ? period - 1 - m : m;
+}
+
+// One axis of one output pixel: taps first .. first + count - 1.
+template <typename T>
+struct GridAxis {
+  int64_t first = 0;
+  int64_t count = 0;
+  T coord = T(0);        // input pixel coordinate (reduced to a safe range)
+  T s = T(1);            // footprint in input pixels, in [1, cap]
+  T inv_s = T(1);        // 1 / s
+  T radius = T(1);       // support half-width
+  T inv_two_var = T(0);  // 1 / (2 sigma^2), Gaussian
+  bool gaussian = false;
+  T inv_norm = T(1);     // 1 / sum(w) where normalised (s > 1), else 1
+  T dnorm = T(0);        // sum(w') / sum(w) where normalised, else 0
+};
+
+// Unnormalised weight of tap k; its derivative w.r.t. the coordinate goes to dw.
+template <typename T>
+LATENTX_HOST_DEVICE T grid_tap_weight(const GridAxis<T>& a, int64_t k, T& dw) {
+  using std::exp;
+  const T d = T(a.first + k) - a.coord;
+  if (!(d > -a.radius && d <= a.radius)) {  // outside the support (or NaN): no weight
+    dw = T(0);
+    return T(0);
+  }
+  if (a.gaussian) {
+    const T w = exp(-d * d * a.inv_two_var);
+    dw = w * d * (T(2) * a.inv_two_var);
+    return w;
+  }
+  if (d <= T(0)) {
+    dw = -a.inv_s;
+    return T(1) + d * a.inv_s;
+  }
+  dw = a.inv_s;
+  return T(1) - d * a.inv_s;
+}
+
+// The axis of an output pixel at input coordinate `coord` (finite) with footprint `stretch`
+// (<= 1 and NaN mean 1; capped at `cap` = max(H, W), which bounds the tap count). Without
+// `normalize` the caller sets inv_norm (and dnorm) itself (the CPU forward sums the weights
+// while it stores them).
+template <typename T>
+LATENTX_HOST_DEVICE GridAxis<T> grid_axis(T coord, T stretch, int64_t size, T cap,
+                                          int64_t padding, bool align_corners, int64_t filter,
+                                          bool normalize = true) {
+  using std::ceil;
+  using std::floor;
+  using std::fmod;
+  GridAxis<T> a;
+  T s = stretch > T(1) ? stretch : T(1);
+  if (s > cap) s = cap;
+  if (filter == kGridFilterNone) s = T(1);
+  a.s = s;
+  a.inv_s = T(1) / s;
+  a.gaussian = filter == kGridFilterGaussian && s > T(1);
+  a.radius = a.gaussian ? s * T(kGaussianRadiusPerStretch) : s;
+  const T sigma = s * T(0.5);
+  a.inv_two_var = T(1) / (T(2) * sigma * sigma);
+  const int64_t reach = static_cast<int64_t>(ceil(a.radius));
+  if (padding == kGridPadReflection && (size > 1 || !align_corners)) {
+    // Reflection is periodic: an exact fmod by the period changes neither the reflected tap
+    // indices nor the distances, and keeps huge coordinates in int64 range.
+    coord = fmod(coord, T(align_corners ? 2 * (size - 1) : 2 * size));
+  } else {
+    // Beyond these bounds every tap lies outside the image (zeros: all 0; border: all the
+    // edge pixel; reflection of a single pixel: all pixel 0): the result does not change.
+    const T lo = -T(reach + 2), hi = T(size - 1 + reach + 2);
+    coord = coord < lo ? lo : (coord > hi ? hi : coord);
+  }
+  a.coord = coord;
+  a.first = static_cast<int64_t>(floor(coord)) - reach + 1;
+  a.count = 2 * reach;
+  if (normalize && s > T(1)) {
+    T sum = T(0), dsum = T(0);
+    for (int64_t k = 0; k < a.count; ++k) {
+      T dw;
+      sum += grid_tap_weight(a, k, dw);
+      dsum += dw;
+    }
+    a.inv_norm = T(1) / sum;
+    a.dnorm = dsum / sum;
+  }
+  return a;
+}
+
+// Input pixels per normalised unit: d(ix)/d(x), the grid gradient's chain-rule factor.
+inline double grid_unnormalize_scale(int64_t size, bool align_corners) {
+  return align_corners ? (size - 1) / 2.0 : size / 2.0;
+}
+
+// Upper bound of GridAxis::count for any stretch <= cap.
+inline int64_t grid_max_taps(int64_t cap) {
+  return 2 * (static_cast<int64_t>(std::ceil(cap * kGaussianRadiusPerStretch)) + 1);
+}
+
+}  // namespace latentx

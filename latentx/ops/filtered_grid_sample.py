@@ -1,0 +1,165 @@
+"""Grid sampling with low-pass filtering (SPEC A4) — public wrappers, autograd and fake kernels.
+
+``F.grid_sample`` reads the 4 nearest pixels, so a warp that shrinks the image aliases
+(pytorch issues #20785, #25039). ``filtered_grid_sample`` stretches a separable filter by
+each output pixel's footprint in the input, estimated from the grid's local Jacobian, and
+normalises it; where the warp does not shrink it is bilinear ``F.grid_sample``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from latentx.ops import _native, reference
+from latentx.ops.reference import GRID_FILTERS, GRID_PADDING_MODES, grid_stretch
+
+
+def _code(table: dict, name: str, value: str) -> int:
+    if not isinstance(value, str) or value not in table:
+        raise ValueError(f"filtered_grid_sample: {name} must be one of {sorted(table)}, got {value!r}")
+    return table[value]
+
+
+def filtered_grid_sample(
+    input: Tensor,
+    grid: Tensor,
+    *,
+    align_corners: bool = False,
+    padding_mode: str = "zeros",
+    filter: str = "tent",
+    stretch: Optional[Tensor] = None,
+    impl: str = "auto",
+) -> Tensor:
+    """Sample ``input`` at ``grid`` with a filter stretched by the warp's footprint.
+
+    Args:
+        input: [N, C, H, W], float16/bfloat16/float32/float64.
+        grid: [N, Ho, Wo, 2] sampling locations (x, y) normalised to [-1, 1], same dtype and
+            device as input — exactly F.grid_sample's grid and ``align_corners``.
+        padding_mode: 'zeros' | 'border' | 'reflection', applied per filter tap (for the
+            bilinear case this is F.grid_sample's coordinate padding).
+        filter: 'tent' (triangle of half-width s: bilinear at s = 1, F.interpolate's
+            antialiased bilinear for a pure resize), 'gaussian' (σ = s/2, taps within 3σ;
+            bilinear where s ≤ 1), or 'none' (bilinear everywhere, like F.grid_sample).
+        stretch: [N, Ho, Wo, 2] footprint (s_x, s_y) in input pixels, or None to estimate it
+            from the grid (``reference.grid_stretch``: norms of the rows of the Jacobian of
+            the input pixel coordinates w.r.t. the output pixel, by finite differences).
+            ``warp_affine`` passes the exact one.
+
+    Returns:
+        [N, C, Ho, Wo] in input's dtype (accumulated in float32 for half inputs). Where the
+        footprint is ≤ 1 input pixel along both axes it equals bilinear F.grid_sample.
+        A non-finite grid location gives 0 there and no gradient.
+
+    Differentiable w.r.t. input and grid; the footprint (stretch) is held constant.
+    """
+    pad = _code(GRID_PADDING_MODES, "padding_mode", padding_mode)
+    flt = _code(GRID_FILTERS, "filter", filter)
+    reference.check_filtered_grid_sample(input, grid, stretch, pad, align_corners, flt)
+    if stretch is None:
+        stretch = grid_stretch(grid, input.shape[2], input.shape[3], align_corners)
+    stretch = stretch.detach()
+    if not _native.use_native(impl, input.device):
+        return reference.filtered_grid_sample(input, grid, stretch, pad, align_corners, flt)
+    return torch.ops.latentx.filtered_grid_sample(input, grid, stretch, pad, align_corners, flt)
+
+
+def affine_stretch(theta: Tensor, in_size: Sequence[int], out_size: Sequence[int],
+                   align_corners: bool = False) -> Tensor:
+    """The exact footprint of an affine warp, [N, 2]: what ``grid_stretch`` estimates from the
+    grid of F.affine_grid(theta, ...), before its clamping.
+
+    theta [N, 2, 3] maps normalised output coordinates to normalised input ones (as for
+    F.affine_grid); in_size = (H, W), out_size = (Ho, Wo). With a = input pixels per
+    normalised unit and b = normalised units per output pixel (per axis),
+    s_x = ‖(a_x θ00 b_x, a_x θ01 b_y)‖₂, s_y = ‖(a_y θ10 b_x, a_y θ11 b_y)‖₂; an output axis
+    of length 1 contributes 0 (as in ``grid_stretch``).
+    """
+    h, w = in_size
+    ho, wo = out_size
+    th = theta.detach().to(reference.opmath_dtype(theta.dtype))
+    a_x = (w - 1) / 2 if align_corners else w / 2
+    a_y = (h - 1) / 2 if align_corners else h / 2
+
+    def per_pixel(n: int) -> float:
+        if n < 2:
+            return 0.0
+        return 2 / (n - 1) if align_corners else 2 / n
+
+    b_x, b_y = per_pixel(wo), per_pixel(ho)
+    sx = torch.hypot(a_x * th[:, 0, 0] * b_x, a_x * th[:, 0, 1] * b_y)
+    sy = torch.hypot(a_y * th[:, 1, 0] * b_x, a_y * th[:, 1, 1] * b_y)
+    return torch.stack([sx, sy], dim=-1)
+
+
+def warp_affine(
+    input: Tensor,
+    theta: Tensor,
+    size: Sequence[int],
+    *,
+    antialias: bool = True,
+    align_corners: bool = False,
+    padding_mode: str = "zeros",
+    filter: str = "tent",
+    impl: str = "auto",
+) -> Tensor:
+    """Affine warp with antialiasing: F.affine_grid + ``filtered_grid_sample`` with the
+    footprint computed exactly from theta (no finite differences, so also exact at the edges).
+
+    Args:
+        input: [N, C, H, W].
+        theta: [N, 2, 3], output → input map in normalised coordinates (F.affine_grid's).
+        size: output (Ho, Wo).
+        antialias: False gives plain bilinear sampling (filter 'none').
+
+    Returns:
+        [N, C, Ho, Wo]. Differentiable w.r.t. input and theta (through the grid).
+    """
+    if input.dim() != 4:
+        raise ValueError(f"warp_affine: input must be [N, C, H, W], got shape {list(input.shape)}")
+    if theta.dim() != 3 or tuple(theta.shape[1:]) != (2, 3) or theta.shape[0] != input.shape[0]:
+        raise ValueError(f"warp_affine: theta must be [{input.shape[0]}, 2, 3], got shape {list(theta.shape)}")
+    if len(size) != 2:
+        raise ValueError(f"warp_affine: size must be (Ho, Wo), got {size!r}")
+    n, c, h, w = input.shape
+    ho, wo = int(size[0]), int(size[1])
+    grid = F.affine_grid(theta.to(input.dtype), [n, c, ho, wo], align_corners=align_corners)
+    s = affine_stretch(theta, (h, w), (ho, wo), align_corners)
+    s = reference.clamp_stretch(s, h, w, input.dtype)
+    stretch = s[:, None, None, :].expand(n, ho, wo, 2)
+    return filtered_grid_sample(input, grid, align_corners=align_corners, padding_mode=padding_mode,
+                                filter=filter if antialias else "none", stretch=stretch, impl=impl)
+
+
+if _native._C is not None:
+
+    @torch.library.register_fake("latentx::filtered_grid_sample")
+    def _(input, grid, stretch, padding_mode, align_corners, filter):
+        reference.check_filtered_grid_sample(input, grid, stretch, padding_mode, align_corners, filter)
+        return input.new_empty((input.shape[0], input.shape[1], grid.shape[1], grid.shape[2]))
+
+    @torch.library.register_fake("latentx::filtered_grid_sample_backward")
+    def _(grad, input, grid, stretch, padding_mode, align_corners, filter, needs_input_grad,
+          needs_grid_grad):
+        return (torch.empty_like(input) if needs_input_grad else input.new_empty(0),
+                torch.empty_like(grid) if needs_grid_grad else grid.new_empty(0))
+
+    def _setup_context(ctx, inputs, output):
+        input, grid, stretch, padding_mode, align_corners, filter = inputs
+        ctx.save_for_backward(input, grid, stretch)
+        ctx.options = (padding_mode, align_corners, filter)
+
+    def _backward(ctx, grad):
+        input, grid, stretch = ctx.saved_tensors
+        need_input, need_grid = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_input, grad_grid = torch.ops.latentx.filtered_grid_sample_backward(
+            grad, input, grid, stretch, *ctx.options, need_input, need_grid)
+        # No gradient w.r.t. stretch: the footprint is held constant by definition.
+        return (grad_input if need_input else None), (grad_grid if need_grid else None), None, None, None, None
+
+    torch.library.register_autograd("latentx::filtered_grid_sample", _backward,
+                                    setup_context=_setup_context)

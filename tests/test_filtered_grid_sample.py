@@ -1,0 +1,357 @@
+"""filtered_grid_sample and warp_affine: native against the reference, against F.grid_sample
+(bilinear where the warp does not shrink) and F.interpolate (antialiased resize), gradients,
+opcheck, compile, errors."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import device_params
+from latentx import ops
+from latentx.ops import _native, reference
+
+needs_native = pytest.mark.skipif(_native._C is None, reason="compiled library not built")
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-5),
+       torch.float16: dict(rtol=1e-2, atol=2e-2), torch.bfloat16: dict(rtol=2e-2, atol=6e-2)}
+PADDINGS = ["zeros", "border", "reflection"]
+FILTERS = ["none", "tent", "gaussian"]
+IMPLS = ["reference", pytest.param("native", marks=needs_native)]
+
+
+def warp_grid(n, ho, wo, *, scale, dtype=torch.float64, device="cpu", jitter=0.02, align_corners=False):
+    """A random rotation + anisotropic scale + shift (scale > 1 shrinks), with jitter: a
+    non-affine grid whose footprint varies per pixel. Reaches outside [-1, 1]."""
+    angle = torch.rand(n, dtype=torch.float64) * 2 * math.pi
+    sx = scale * (0.8 + 0.4 * torch.rand(n, dtype=torch.float64))
+    sy = scale * (0.8 + 0.4 * torch.rand(n, dtype=torch.float64))
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([sx * cos, -sy * sin, 0.3 * torch.randn(n, dtype=torch.float64)], -1),
+                         torch.stack([sx * sin, sy * cos, 0.3 * torch.randn(n, dtype=torch.float64)], -1)], 1)
+    grid = F.affine_grid(theta, [n, 1, ho, wo], align_corners=align_corners)
+    grid = grid + jitter * torch.randn_like(grid)
+    return grid.to(device=device, dtype=dtype)
+
+
+def photo(name="astronaut", size=None, dtype=torch.float32):
+    skdata = pytest.importorskip("skimage.data")
+    img = torch.from_numpy(getattr(skdata, name)().copy()).permute(2, 0, 1)[None].to(dtype) / 255
+    return img if size is None else img[..., :size[0], :size[1]]
+
+
+def psnr(a, b):
+    return 10 * math.log10(1.0 / float((a.double() - b.double()).square().mean()))
+
+
+# --- native against the reference ------------------------------------------------------------
+
+
+@needs_native
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", list(TOL), ids=str)
+@pytest.mark.parametrize("filt", FILTERS)
+def test_forward_matches_reference(device, dtype, filt):
+    for (n, c, h, w, ho, wo), scale in [((2, 3, 13, 17, 7, 9), 2.5), ((1, 2, 9, 5, 11, 4), 0.7),
+                                        ((3, 1, 1, 6, 2, 3), 1.5)]:
+        x = torch.randn(n, c, h, w, dtype=torch.float64, device=device)
+        grid = warp_grid(n, ho, wo, scale=scale, device=device)
+        for padding in PADDINGS:
+            for align in (False, True):
+                kw = dict(padding_mode=padding, filter=filt, align_corners=align)
+                # The reference runs in float64 on the low-precision inputs' values.
+                xd, gd = x.to(dtype), grid.to(dtype)
+                expected = ops.filtered_grid_sample(xd.double(), gd.double(), **kw, impl="reference")
+                got = ops.filtered_grid_sample(xd, gd, **kw, impl="native")
+                assert got.dtype == dtype and got.shape == (n, c, ho, wo)
+                torch.testing.assert_close(got.double(), expected, **TOL[dtype])
+
+
+@needs_native
+@pytest.mark.parametrize("device", device_params())
+def test_non_contiguous_and_empty(device):
+    x = torch.randn(2, 9, 11, 3, dtype=torch.float64, device=device).permute(0, 3, 1, 2)  # [2,3,9,11]
+    grid = warp_grid(2, 8, 12, scale=2.0, device=device).transpose(1, 2)  # [2,12,8,2], strided
+    assert not x.is_contiguous() and not grid.is_contiguous()
+    for filt in FILTERS:
+        got = ops.filtered_grid_sample(x, grid, filter=filt, impl="native")
+        expected = ops.filtered_grid_sample(x.contiguous(), grid.contiguous(), filter=filt, impl="reference")
+        torch.testing.assert_close(got, expected, **TOL[torch.float64])
+    for xs, gs in [((0, 3, 5, 5), (0, 4, 4, 2)), ((2, 0, 5, 5), (2, 4, 4, 2)), ((2, 3, 5, 5), (2, 0, 4, 2))]:
+        xe = torch.randn(xs, dtype=torch.float64, device=device, requires_grad=True)
+        ge = torch.randn(gs, dtype=torch.float64, device=device, requires_grad=True)
+        for impl in ("native", "reference"):
+            out = ops.filtered_grid_sample(xe, ge, impl=impl)
+            assert out.shape == (xs[0], xs[1], gs[1], gs[2])
+            gx, gg = torch.autograd.grad(out.sum(), (xe, ge), allow_unused=True)
+            assert gx is None or (gx == 0).all()
+            assert gg is None or (gg == 0).all()
+
+
+def _fixed_stretch(x, grid, align):
+    return reference.grid_stretch(grid, x.shape[2], x.shape[3], align)
+
+
+@needs_native
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("filt", FILTERS)
+def test_gradients(device, filt):
+    """float64 gradcheck of both gradients (footprint held fixed), and agreement with
+    autograd through the reference."""
+    for padding, align, scale in [("zeros", False, 2.3), ("border", True, 3.1), ("reflection", False, 1.7),
+                                  ("reflection", True, 0.8)]:
+        x = torch.randn(2, 2, 7, 8, dtype=torch.float64, device=device, requires_grad=True)
+        grid = warp_grid(2, 4, 5, scale=scale, device=device, align_corners=align).requires_grad_()
+        stretch = _fixed_stretch(x, grid, align)
+        kw = dict(padding_mode=padding, filter=filt, align_corners=align, stretch=stretch)
+
+        def sample(impl):
+            return lambda a, g: ops.filtered_grid_sample(a, g, **kw, impl=impl)
+
+        assert torch.autograd.gradcheck(sample("native"), (x, grid))
+        out_n, out_r = sample("native")(x, grid), sample("reference")(x, grid)
+        upstream = torch.randn_like(out_n)
+        for gn, gr in zip(torch.autograd.grad(out_n, (x, grid), upstream),
+                          torch.autograd.grad(out_r, (x, grid), upstream)):
+            torch.testing.assert_close(gn, gr, rtol=1e-9, atol=1e-11)
+        # Only the gradient asked for is computed.
+        (gg,) = torch.autograd.grad(sample("native")(x.detach(), grid).sum(), (grid,))
+        torch.testing.assert_close(gg, torch.autograd.grad(sample("reference")(x, grid).sum(), (grid,))[0])
+
+
+# --- against F.grid_sample and F.interpolate -------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align", [False, True])
+def test_identity_and_upscaling_equal_grid_sample(impl, padding, align):
+    """Where the warp does not shrink, every filter is bilinear F.grid_sample: values and
+    both gradients, at non-integer locations (at integer ones the gradient is a one-sided
+    convention; grid_sample's differs at the first row/column under border/reflection)."""
+    for dtype, tol in [(torch.float64, dict(rtol=1e-12, atol=1e-12)), (torch.float32, dict(rtol=1e-5, atol=1e-5))]:
+        x = torch.randn(2, 3, 9, 10, dtype=dtype, requires_grad=True)
+        identity = F.affine_grid(torch.eye(2, 3, dtype=dtype).expand(2, 2, 3), [2, 3, 9, 10], align_corners=align)
+        upscale = warp_grid(2, 23, 19, scale=0.45, dtype=dtype, jitter=0.0, align_corners=align)
+        for grid in (identity, upscale):
+            grid = grid.clone().requires_grad_()
+            expected = F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=align)
+            for filt in FILTERS:
+                got = ops.filtered_grid_sample(x, grid, padding_mode=padding, filter=filt,
+                                               align_corners=align, impl=impl)
+                torch.testing.assert_close(got, expected, **tol)
+        # Gradients on the (non-integer) upscaling grid.
+        upstream = torch.randn_like(expected)
+        got = ops.filtered_grid_sample(x, grid, padding_mode=padding, align_corners=align, impl=impl)
+        for gn, ge in zip(torch.autograd.grad(got, (x, grid), upstream),
+                          torch.autograd.grad(expected, (x, grid), upstream)):
+            torch.testing.assert_close(gn, ge, rtol=10 * tol["rtol"], atol=10 * tol["atol"])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_filter_none_is_grid_sample_anywhere(impl, padding):
+    """filter='none' is bilinear F.grid_sample for any grid, far outside the image too
+    (per-tap padding reproduces grid_sample's coordinate padding)."""
+    for align in (False, True):
+        x = torch.randn(2, 2, 6, 7, dtype=torch.float64, requires_grad=True)
+        grid = (torch.rand(2, 9, 8, 2, dtype=torch.float64) * 8 - 4).requires_grad_()
+        got = ops.filtered_grid_sample(x, grid, padding_mode=padding, filter="none", align_corners=align, impl=impl)
+        expected = F.grid_sample(x, grid, padding_mode=padding, align_corners=align)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+        upstream = torch.randn_like(got)
+        for gn, ge in zip(torch.autograd.grad(got, (x, grid), upstream),
+                          torch.autograd.grad(expected, (x, grid), upstream)):
+            torch.testing.assert_close(gn, ge, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_resize_matches_interpolate_antialias(impl):
+    """A pure resize (an identity affine grid at the output size) with the tent filter is
+    F.interpolate(mode='bilinear', antialias=True): identical inside, close at the border
+    (interpolate drops the taps outside the image; here they are padded)."""
+    sizes = [(171, 128), (128, 97)] if impl == "native" else [(86, 64)]
+    for name in ("astronaut", "coffee", "chelsea"):
+        img = photo(name)
+        if impl == "reference":
+            img = F.avg_pool2d(img, 2)  # the eager reference is slow on full photos
+        h, w = img.shape[2:]
+        for ho, wo in sizes:
+            ho, wo = min(ho, h // 2), min(wo, w // 2)
+            theta = torch.eye(2, 3).expand(1, 2, 3)
+            got = ops.warp_affine(img, theta, (ho, wo), padding_mode="border", impl=impl)
+            got_grid = ops.filtered_grid_sample(img, F.affine_grid(theta, [1, 3, ho, wo], align_corners=False),
+                                                padding_mode="border", impl=impl)
+            expected = F.interpolate(img, size=(ho, wo), mode="bilinear", antialias=True, align_corners=False)
+            assert psnr(got, expected) >= 40, (name, ho, wo, psnr(got, expected))
+            assert psnr(got_grid, expected) >= 40
+            torch.testing.assert_close(got[..., 3:-3, 3:-3], expected[..., 3:-3, 3:-3], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_shrinking_does_not_alias(impl):
+    """A checkerboard of period 2 shrunk 4x is its mean (0.5) with the tent and Gaussian
+    filters; bilinear grid_sample reads single cells and returns 0s and 1s."""
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    board = ((xx + yy) % 2).double()[None, None]
+    # Shifted by half a pixel (1/64 in normalised units) so grid_sample lands near cell centres.
+    theta = torch.tensor([[[1.0, 0.0, 1 / 64 + 1e-3], [0.0, 1.0, 1 / 64 + 2e-3]]], dtype=torch.float64)
+    grid = F.affine_grid(theta, [1, 1, 16, 16], align_corners=False)
+    plain = F.grid_sample(board, grid, align_corners=False)
+    assert (plain - 0.5).abs().mean() > 0.4
+    for filt in ("tent", "gaussian"):
+        got = ops.filtered_grid_sample(board, grid, padding_mode="reflection", filter=filt, impl=impl)
+        assert (got - 0.5).abs().max() < 0.02, filt
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_constant_image_is_preserved(impl):
+    """The stretched filters are normalised: a constant image stays constant under any warp
+    with border padding."""
+    x = torch.full((2, 2, 12, 9), 0.37, dtype=torch.float64)
+    grid = warp_grid(2, 7, 6, scale=3.0)
+    for filt in FILTERS:
+        got = ops.filtered_grid_sample(x, grid, padding_mode="border", filter=filt, impl=impl)
+        torch.testing.assert_close(got, torch.full_like(got, 0.37), rtol=1e-12, atol=1e-12)
+
+
+def test_stretch_estimate():
+    """grid_stretch: the resize factor for a resize, rotation-invariant, 1 where upscaling,
+    NaN → 1, capped at max(H, W); warp_affine's analytic footprint agrees with it."""
+    theta = torch.tensor([[[1.0, 0, 0], [0, 1, 0]]], dtype=torch.float64)
+    grid = F.affine_grid(theta, [1, 1, 16, 8], align_corners=False)
+    s = reference.grid_stretch(grid, 64, 64, False)
+    torch.testing.assert_close(s[..., 0], torch.full_like(s[..., 0], 8.0))
+    torch.testing.assert_close(s[..., 1], torch.full_like(s[..., 1], 4.0))
+    angle = 0.7
+    rot = torch.tensor([[[3 * math.cos(angle), -3 * math.sin(angle), 0.1],
+                         [3 * math.sin(angle), 3 * math.cos(angle), -0.2]]], dtype=torch.float64)
+    for align in (False, True):
+        grid = F.affine_grid(rot, [1, 1, 10, 10], align_corners=align)
+        s = reference.grid_stretch(grid, 40, 40, align)
+        analytic = ops.affine_stretch(rot, (40, 40), (10, 10), align)
+        torch.testing.assert_close(s, analytic[:, None, None].expand_as(s))
+    upscale = F.affine_grid(0.5 * theta, [1, 1, 16, 16], align_corners=False)
+    assert (reference.grid_stretch(upscale, 16, 16, False) == 1).all()
+    grid = F.affine_grid(theta, [1, 1, 4, 4], align_corners=False).clone()
+    grid[0, 1, 1, 0] = float("nan")
+    s = reference.grid_stretch(grid, 1000, 1000, False)
+    # The NaN location's neighbours along the output row difference through it: NaN → 1.
+    assert torch.isfinite(s).all() and s[0, 1, 0, 0] == 1 and s[0, 1, 2, 0] == 1 and s[0, 2, 2, 0] == 250
+    far = F.affine_grid(1000 * theta, [1, 1, 4, 4], align_corners=False)
+    assert reference.grid_stretch(far, 6, 5, False).max() == 6
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_warp_affine_matches_grid_path(impl):
+    x = torch.randn(3, 2, 20, 24, dtype=torch.float64)
+    theta = torch.tensor([[2.0, 0.3, 0.1], [-0.2, 1.5, 0.0]], dtype=torch.float64).expand(3, 2, 3).clone()
+    theta[1, :, :2] *= 0.4  # upscaling sample
+    for align in (False, True):
+        got = ops.warp_affine(x, theta, (9, 11), align_corners=align, impl=impl)
+        grid = F.affine_grid(theta, [3, 2, 9, 11], align_corners=align)
+        expected = ops.filtered_grid_sample(x, grid, align_corners=align, impl=impl)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+        plain = ops.warp_affine(x, theta, (9, 11), antialias=False, align_corners=align, impl=impl)
+        torch.testing.assert_close(plain, F.grid_sample(x, grid, align_corners=align), rtol=1e-12, atol=1e-12)
+    theta.requires_grad_()
+    (g,) = torch.autograd.grad(ops.warp_affine(x, theta, (9, 11), impl=impl).sum(), (theta,))
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+# --- undefined locations and bad input ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_nan_and_huge_grid_locations(impl, padding):
+    """NaN/inf locations give 0 and no gradient; huge finite ones neither crash nor read out
+    of bounds, and agree between the implementations."""
+    x = torch.randn(1, 2, 6, 5, dtype=torch.float64, requires_grad=True)
+    grid = warp_grid(1, 5, 5, scale=2.0).clone()
+    grid[0, 1, 2, 0] = float("nan")
+    grid[0, 3, 3, 1] = float("inf")
+    grid[0, 4, 0] = torch.tensor([1e30, -1e25], dtype=torch.float64)
+    grid.requires_grad_()
+    for filt in FILTERS:
+        out = ops.filtered_grid_sample(x, grid, padding_mode=padding, filter=filt, impl=impl)
+        assert torch.isfinite(out).all()
+        assert (out[0, :, 1, 2] == 0).all() and (out[0, :, 3, 3] == 0).all()
+        gx, gg = torch.autograd.grad(out.sum(), (x, grid))
+        assert torch.isfinite(gx).all() and torch.isfinite(gg).all()
+        assert (gg[0, 1, 2] == 0).all() and (gg[0, 3, 3] == 0).all()
+        if impl == "native":
+            expected = ops.filtered_grid_sample(x, grid, padding_mode=padding, filter=filt, impl="reference")
+            torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+
+
+def bad_calls():
+    x = torch.randn(2, 3, 8, 8)
+    g = torch.rand(2, 4, 4, 2) * 2 - 1
+    return [
+        ("input", ValueError, dict(input=x[0], grid=g)),
+        ("input", TypeError, dict(input=x.long(), grid=g)),
+        ("grid", ValueError, dict(input=x, grid=g[..., :1])),
+        ("grid", ValueError, dict(input=x, grid=g[:1])),
+        ("grid", TypeError, dict(input=x, grid=g.double())),
+        ("grid", ValueError, dict(input=x, grid=g.to("meta"))),
+        ("stretch", ValueError, dict(input=x, grid=g, stretch=torch.ones(2, 4, 3, 2))),
+        ("padding_mode", ValueError, dict(input=x, grid=g, padding_mode="mirror")),
+        ("filter", ValueError, dict(input=x, grid=g, filter="lanczos")),
+    ]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bad_input_names_the_argument(impl):
+    for name, error, kw in bad_calls():
+        with pytest.raises(error, match=name):
+            ops.filtered_grid_sample(**kw, impl=impl)
+
+
+@needs_native
+def test_native_op_checks_its_arguments():
+    """The registered op validates what the wrapper would (direct torch.ops calls)."""
+    x, g = torch.randn(1, 2, 5, 5), torch.rand(1, 3, 3, 2)
+    s = torch.ones(1, 3, 3, 2)
+    op = torch.ops.latentx.filtered_grid_sample
+    with pytest.raises(ValueError, match="padding_mode"):
+        op(x, g, s, 5, False, 1)
+    with pytest.raises(ValueError, match="filter"):
+        op(x, g, s, 0, False, -1)
+    with pytest.raises(ValueError, match="grid"):
+        op(x, g[..., :1], s, 0, False, 1)
+    with pytest.raises(ValueError, match="stretch"):
+        op(x, g, s[:, :2], 0, False, 1)
+    with pytest.raises(ValueError, match="input"):
+        op(torch.randn(1, 2, 0, 5), g, s, 0, False, 1)
+
+
+# --- the op's registration ---------------------------------------------------------------------
+
+
+@needs_native
+@pytest.mark.parametrize("device", device_params())
+def test_opcheck(device):
+    for padding, filt in [(0, 1), (1, 2), (2, 0)]:
+        x = torch.randn(2, 3, 9, 8, device=device, requires_grad=True)
+        grid = warp_grid(2, 5, 4, scale=2.0, dtype=torch.float32, device=device).requires_grad_()
+        stretch = reference.grid_stretch(grid, 9, 8, False)
+        torch.library.opcheck(torch.ops.latentx.filtered_grid_sample.default,
+                              (x, grid, stretch, padding, False, filt))
+
+
+@needs_native
+@pytest.mark.parametrize("device", device_params())
+def test_torch_compile_fullgraph(device):
+    x = torch.randn(2, 3, 16, 16, device=device, requires_grad=True)
+    theta = torch.tensor([[[1.8, 0.2, 0.1], [-0.3, 2.1, 0.0]]], device=device).repeat(2, 1, 1).requires_grad_()
+
+    def loss(x, theta):
+        grid = F.affine_grid(theta, [2, 3, 6, 6], align_corners=False)
+        return ops.filtered_grid_sample(x, grid, padding_mode="reflection").square().sum()
+
+    compiled = torch.compile(loss, fullgraph=True)
+    value = compiled(x, theta)
+    torch.testing.assert_close(value, loss(x, theta))
+    for gc, ge in zip(torch.autograd.grad(value, (x, theta)), torch.autograd.grad(loss(x, theta), (x, theta))):
+        torch.testing.assert_close(gc, ge)
