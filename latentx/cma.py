@@ -236,10 +236,19 @@ class BatchedCMAES:
             below it (pycma's ``tolfun``).
         tolx: stop when σ·√diag(C) and σ·|p_c| are below it in every coordinate.
         maxiter: stop after this many generations; default pycma's 100 + ⌊150 (d+3)²/√λ⌋.
+        decomposition: how C's square root is refreshed on SPEC A1's lazy schedule:
+            ``"eigh"`` (pycma's: C = E D² Eᵀ by batched ``torch.linalg.eigh``) or
+            ``"cholesky"``: C = A Aᵀ by batched ``torch.linalg.cholesky``, about 8× cheaper
+            at d = 512. Points are sampled as m + σ A z and the σ-path uses A⁻¹ y_w instead of
+            C^{-1/2} y_w, as in the Cholesky-CMA-ES (Suttorp, Hansen & Igel, Machine
+            Learning 2009; Krause, Arbonès & Igel, NeurIPS 2016): the same search
+            distribution N(m, σ²C). (Those papers update A incrementally; here it is
+            refactored from C on the same schedule as the eigenbasis.)
 
     State (tensors on mean0's device, dtype; B leading): ``mean`` [B, d], ``sigma`` [B],
     ``C`` [B, d, d], ``E`` [B, d, d] (eigenvectors of C in columns), ``D`` [B, d] (square
-    roots of its eigenvalues), ``ps``, ``pc`` [B, d] (with ``diagonal``, p_c is kept in the
+    roots of its eigenvalues; with ``decomposition="cholesky"``, E is the lower factor A and
+    D is ones), ``ps``, ``pc`` [B, d] (with ``diagonal``, p_c is kept in the
     coordinates scaled by D, as pycma does), ``generation``, ``evaluations`` [B] int64, and
     ``best_x`` [B, d], ``best_f`` [B], ``best_evaluations`` [B]: the best point ever told
     per instance, its f, and its evaluation number.
@@ -266,8 +275,14 @@ class BatchedCMAES:
         tolfun: float = 1e-11,
         tolx: float = 1e-11,
         maxiter: Optional[int] = None,
+        decomposition: str = "eigh",
     ) -> None:
         popsize_given = popsize
+        if decomposition not in ("eigh", "cholesky"):
+            raise ValueError(f"BatchedCMAES: decomposition must be 'eigh' or 'cholesky', got {decomposition!r}")
+        if diagonal and decomposition != "eigh":
+            raise ValueError("BatchedCMAES: decomposition='cholesky' applies to full CMA; "
+                             "diagonal CMA decomposes nothing")
         _check_mean0(mean0)
         b, d = mean0.shape
         dtype, device = mean0.dtype, mean0.device
@@ -284,6 +299,7 @@ class BatchedCMAES:
         self.params = _Parameters(d, popsize, raw, bool(active), bool(diagonal))
         self.lower, self.upper = lower, upper
         self.active, self.diagonal = bool(active), bool(diagonal)
+        self.decomposition = decomposition
         self.generator = generator
         self.tolfun = _check_positive_number("tolfun", tolfun, allow_zero=True)
         self.tolx = _check_positive_number("tolx", tolx, allow_zero=True)
@@ -447,8 +463,10 @@ class BatchedCMAES:
             # a convex combination of points in the box: the clamp only removes round-off
             mean = mean.clamp(min=self.lower, max=self.upper)
         # p_σ ← (1−c_σ) p_σ + √(c_σ(2−c_σ)μ_eff) C^{-1/2} y_w  (CMAAdaptSigmaCSA._update_ps)
+        # (Cholesky-CMA-ES: A⁻¹ y_w in place of C^{-1/2} y_w; the same N(0, I) under neutral
+        # selection, so the step-size control is unchanged.)
         z_w = self._whiten(y_w[:, None])[:, 0]
-        if not self.diagonal:
+        if not self.diagonal and self.decomposition == "eigh":
             z_w = (z_w[:, None, :] @ self.E.transpose(-1, -2))[:, 0]
         ps = (1 - p.cs) * self.ps + math.sqrt(p.cs * (2 - p.cs) * p.mueff) * z_w
         # h_σ (pycma CMAAdaptSigmaBase.hsig), g counted after this generation
@@ -503,26 +521,41 @@ class BatchedCMAES:
         self._check_stop(live, f)
 
     def _whiten(self, y: Tensor) -> Tensor:
-        """D⁻¹ Eᵀ y for y [B, k, d] (row vectors): y in the eigenbasis of C, unit variance."""
+        """Whitened steps for y [B, k, d] (row vectors): D⁻¹ Eᵀ y (y in C's eigenbasis, unit
+        variance), or A⁻¹ y with the Cholesky factor. Either way ‖·‖ is y's length in C⁻¹."""
         if self.diagonal:
             return y / self.D[:, None, :]
+        if self.decomposition == "cholesky":
+            # rows: z = y A⁻ᵀ, i.e. solve z Aᵀ = y with Aᵀ upper triangular
+            return torch.linalg.solve_triangular(self.E.transpose(-1, -2), y, upper=True, left=False)
         return (y @ self.E) / self.D[:, None, :]
 
     def _decompose(self, due: Tensor) -> None:
-        """C = E D² Eᵀ for the instances in ``due`` [B] (pycma GaussFullSampler._decompose_C)."""
+        """C = E D² Eᵀ for the instances in ``due`` [B] (pycma GaussFullSampler._decompose_C),
+        or C = A Aᵀ with ``decomposition="cholesky"``."""
         if not bool(due.any()):
             return
         idx = due.nonzero()[:, 0]
         c = self.C[idx]
         c = (c + c.transpose(-1, -2)) / 2
+        if self.decomposition == "cholesky":
+            factor, info = torch.linalg.cholesky_ex(c)
+            if not bool((info != 0).any()):
+                self.C[idx], self.E[idx] = c, factor
+                self.last_eigen[idx] = self.generation[idx]
+                return
+            # Not numerically positive definite: floor the spectrum below, then factor.
         evals, evecs = torch.linalg.eigh(c)
         floor = torch.finfo(c.dtype).eps * evals[:, -1:].clamp(min=torch.finfo(c.dtype).tiny)
         floored = (evals < floor).any(dim=1)
         evals = torch.maximum(evals, floor)
         rebuilt = (evecs * evals[:, None, :]) @ evecs.transpose(-1, -2)
         self.C[idx] = torch.where(floored[:, None, None], rebuilt, c)
-        self.E[idx] = evecs
-        self.D[idx] = evals.sqrt()
+        if self.decomposition == "cholesky":
+            self.E[idx] = torch.linalg.cholesky(self.C[idx])
+        else:
+            self.E[idx] = evecs
+            self.D[idx] = evals.sqrt()
         self.last_eigen[idx] = self.generation[idx]
 
     def _check_stop(self, live: Tensor, f: Tensor) -> None:
@@ -564,7 +597,8 @@ class BatchedCMAES:
         return {"batch_size": self.batch_size, "dim": self.dim, "popsize": self.popsize,
                 "weights": list(self.params.weights), "active": self.active,
                 "diagonal": self.diagonal, "bounds": (self.lower, self.upper),
-                "tolfun": self.tolfun, "tolx": self.tolx, "maxiter": self.maxiter}
+                "tolfun": self.tolfun, "tolx": self.tolx, "maxiter": self.maxiter,
+                "decomposition": self.decomposition}
 
     def state_dict(self) -> dict:
         """Everything a run needs to resume exactly: the state tensors (copies), the

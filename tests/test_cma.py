@@ -295,8 +295,8 @@ def test_lockstep_with_pycma(diagonal, active, moved):
 N_SEEDS, TARGET, MAXITER = 20, 1e-8, 3000
 
 
-def evals_to_target_latentx(fun, x0, sigma0, generator):
-    es = BatchedCMAES(x0, sigma0, generator=generator, maxiter=MAXITER)
+def evals_to_target_latentx(fun, x0, sigma0, generator, decomposition="eigh"):
+    es = BatchedCMAES(x0, sigma0, generator=generator, maxiter=MAXITER, decomposition=decomposition)
     hit = torch.full((x0.shape[0],), -1)
     while not bool(((hit >= 0) | es.stopped).all()):
         x = es.ask()
@@ -327,18 +327,39 @@ def test_statistical_parity_with_pycma(fun, d):
     x0 = torch.rand(N_SEEDS, d, dtype=F64) * 2 - 1
     generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
     seeds = torch.randint(1, 2**30, (N_SEEDS,)).tolist()
-    ours = evals_to_target_latentx(fun, x0, 0.5, generator)
     theirs = evals_to_target_pycma(fun, x0, 0.5, seeds)
-    k1, k2, n = len(ours), len(theirs), N_SEEDS
-    summary = (f"{fun.__name__} d={d}: latentx {k1}/{n} median {np.median(ours)}, "
-               f"pycma {k2}/{n} median {np.median(theirs)}")
-    print(summary)
-    if fun is rosen:
-        p = (k1 + k2) / (2 * n)
-        assert abs(k1 - k2) / n <= 3.5 * math.sqrt(2 * p * (1 - p) / n) + 1 / n, summary
-    else:
-        assert k1 == k2 == n, summary
-    assert abs(np.median(ours) / np.median(theirs) - 1) <= 0.25, summary
+    # Both square roots of C: pycma's eigenbasis, and the Cholesky-CMA-ES variant.
+    for decomposition in ("eigh", "cholesky"):
+        ours = evals_to_target_latentx(fun, x0, 0.5, generator, decomposition)
+        k1, k2, n = len(ours), len(theirs), N_SEEDS
+        summary = (f"{fun.__name__} d={d} {decomposition}: latentx {k1}/{n} median "
+                   f"{np.median(ours)}, pycma {k2}/{n} median {np.median(theirs)}")
+        print(summary)
+        if fun is rosen:
+            p = (k1 + k2) / (2 * n)
+            assert abs(k1 - k2) / n <= 3.5 * math.sqrt(2 * p * (1 - p) / n) + 1 / n, summary
+        else:
+            assert k1 == k2 == n, summary
+        assert abs(np.median(ours) / np.median(theirs) - 1) <= 0.25, summary
+
+
+def test_cholesky_whitening_matches_eigenbasis():
+    """Both square roots give the same Mahalanobis lengths ‖y‖_{C⁻¹} and the same C."""
+    d = 7
+    eig = BatchedCMAES(torch.zeros(3, d, dtype=F64), 1.0)
+    chol = BatchedCMAES(torch.zeros(3, d, dtype=F64), 1.0, decomposition="cholesky")
+    a = torch.randn(3, d, d, dtype=F64)
+    cov = a @ a.transpose(1, 2) + 0.1 * torch.eye(d, dtype=F64)
+    for es in (eig, chol):
+        es.C = cov.clone()
+        es._decompose(torch.ones(3, dtype=torch.bool))
+    y = torch.randn(3, 5, d, dtype=F64)
+    expected = torch.einsum("bki,bij,bkj->bk", y, torch.linalg.inv(cov), y).sqrt()
+    for es in (eig, chol):
+        torch.testing.assert_close(es._whiten(y).norm(dim=-1), expected)
+    torch.testing.assert_close(chol.E @ chol.E.transpose(1, 2), cov)
+    with pytest.raises(ValueError, match="decomposition"):
+        BatchedCMAES(torch.zeros(3, d, dtype=F64), 1.0, decomposition="svd")
 
 
 # --- batching, bounds, checkpoints, stopping --------------------------------------------
