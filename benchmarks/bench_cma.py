@@ -1,16 +1,26 @@
-"""Batched CMA-ES (SPEC A1): the two kernels, the decompositions, and whole generations.
+"""Batched CMA-ES (SPEC A1): whole generations, and their parts.
 
-Kernel rows: the fused covariance update (in place, C read and written once) and the fused
-sampling against the eager batched reference, B instances of dimension d, λ = 18, float64.
-Decomposition rows: batched torch.linalg.eigh (the SPEC's lazy eigenbasis) and batched
-torch.linalg.cholesky (the Cholesky option), both per call.
+Generation rows: one ask + tell on the sphere for B instances of dimension d, λ = 18,
+float64, averaged over enough generations to include the lazy decomposition's share —
+pycma in a Python loop over the B instances, latentx.cma.BatchedCMAES on the eager
+reference ops (LATENTX_IMPL=reference), and on the native ops, with the eigenbasis and with
+the Cholesky option. Part rows (the split of a generation): the fused covariance update (in
+place, C read and written once) and the fused sampling against the eager reference, and the
+batched decompositions (torch.linalg.eigh, torch.linalg.cholesky) per call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import time
+import warnings
 
+import numpy as np
 import torch
+
+from latentx.cma import BatchedCMAES
 
 from latentx import ops
 from latentx.benchmarks.timing import assert_agree, is_oom, measure
@@ -20,14 +30,20 @@ POPSIZE = 18
 DTYPE = torch.float64
 
 
-def _sizes(quick: bool) -> list[tuple[int, int]]:
-    return [(8, 32)] if quick else [(1, 128), (64, 128), (1024, 128), (1, 512), (64, 512), (1024, 512)]
+def _sizes(quick: bool, device: torch.device) -> list[tuple[int, int]]:
+    if quick:
+        return [(8, 32)]
+    sizes = [(1, 128), (64, 128), (1024, 128), (1, 512), (64, 512)]
+    # B = 1024 at d = 512 is the GPU case (the issue's); on a 2-core CPU its C alone is 2 GB
+    # in float64 and one batched eigh takes ~20 s.
+    return sizes + [(1024, 512)] if device.type == "cuda" else sizes
 
 
 def run(device: torch.device, quick: bool, repeats: int) -> list[dict]:
     rows = []
-    for b, d in _sizes(quick):
+    for b, d in _sizes(quick, device):
         try:
+            rows += _generation_rows(device, b, d, quick)
             rows += _kernel_rows(device, b, d, repeats)
         except RuntimeError as err:
             if not is_oom(err):
@@ -111,3 +127,95 @@ def _eigh_interval(d: int) -> int:
     c1 = 2 / ((d + 1.3) ** 2 + mueff)
     cmu = min(1 - c1, 2 * (mueff - 2 + 1 / mueff) / ((d + 2) ** 2 + mueff))
     return math.ceil(1 / ((c1 + cmu) * d * 10))
+
+
+# pycma's loop is timed only while it takes under about a minute: at B = 1024, d = 512 one
+# generation of it is ~14 s (B × ~14 ms).
+PYCMA_MAX_WORK = 64 * 512
+
+
+@contextlib.contextmanager
+def _impl(name: str):
+    """Run the ops as ``name`` (LATENTX_IMPL is read at every op call)."""
+    old = os.environ.get("LATENTX_IMPL")
+    os.environ["LATENTX_IMPL"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["LATENTX_IMPL"]
+        else:
+            os.environ["LATENTX_IMPL"] = old
+
+
+def _sphere(x: torch.Tensor) -> torch.Tensor:
+    return (x * x).sum(-1)
+
+
+def _time_generations(step, generations: int, device: torch.device) -> float:
+    """Seconds per generation over ``generations`` calls of ``step`` after two warm-ups."""
+    for _ in range(2):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(generations):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / generations
+
+
+def _generation_rows(device: torch.device, b: int, d: int, quick: bool) -> list[dict]:
+    case = f"B={b} d={d}"
+    # Whole decomposition cycles (twice over), so its amortised share is counted.
+    generations = 2 if quick else max(4, 2 * _eigh_interval(d))
+    rows = []
+
+    def add(variant, seconds, baseline=None, note=""):
+        row = {"benchmark": "cma", "case": case, "variant": f"generation: {variant}",
+               "median ms": seconds * 1e3}
+        if baseline is not None:
+            row["x pycma"] = baseline / seconds
+        if note:
+            row["note"] = note
+        rows.append(row)
+
+    pycma_s = None
+    if b * d <= PYCMA_MAX_WORK and device.type == "cpu":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pycma: matplotlib missing
+            import cma as pycma
+
+            rng = np.random.default_rng(0)
+            es_list = [pycma.CMAEvolutionStrategy(rng.uniform(-1, 1, d), 0.5,
+                                                  {"popsize": POPSIZE, "verbose": -9, "seed": i + 1})
+                       for i in range(b)]
+
+            def pycma_step():
+                for es in es_list:
+                    xs = es.ask()
+                    es.tell(xs, [float(np.dot(x, x)) for x in xs])
+
+            pycma_s = _time_generations(pycma_step, generations, device)
+        add("pycma loop", pycma_s, note=f"mean of {generations} generations")
+    else:
+        add("pycma loop", float("nan"), note="not timed: over a minute per generation here")
+
+    mean0 = torch.rand(b, d, dtype=DTYPE, device=device) * 2 - 1
+    variants = [("eager reference ops", "reference", "eigh"), ("native ops", "auto", "eigh"),
+                ("native ops, cholesky", "auto", "cholesky")]
+    for name, impl, decomposition in variants:
+        if impl == "auto" and not _native.native_supports(device):
+            continue
+        es = BatchedCMAES(mean0, 0.5, popsize=POPSIZE, decomposition=decomposition,
+                          generator=torch.Generator(device=device).manual_seed(0))
+
+        def step():
+            x = es.ask()
+            es.tell(x, _sphere(x))
+
+        with _impl(impl):
+            add(f"latentx {name}", _time_generations(step, generations, device), pycma_s,
+                f"mean of {generations} generations")
+    return rows
