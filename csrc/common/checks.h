@@ -65,4 +65,14 @@ inline void check_nonnegative(const char* op, const char* name, double v, bool a
                     allow_inf ? "non-negative" : "finite and non-negative", ", got ", v);
 }
 
+// Optional box bounds: neither NaN, and lower <= upper when both are given.
+inline void check_box(const char* op, std::optional<double> lower, std::optional<double> upper) {
+  TORCH_CHECK_VALUE(!(lower.has_value() && std::isnan(*lower)), op, ": lower must not be NaN");
+  TORCH_CHECK_VALUE(!(upper.has_value() && std::isnan(*upper)), op, ": upper must not be NaN");
+  if (lower.has_value() && upper.has_value()) {
+    TORCH_CHECK_VALUE(*lower <= *upper, op, ": lower must be <= upper, got lower=", *lower,
+                      " > upper=", *upper);
+  }
+}
+
 }  // namespace latentx

@@ -40,12 +40,7 @@ CmaSampleArgs prepare_cma_sample(const at::Tensor& noise, const at::Tensor& mean
     check_shape(op, "eigvecs", *eigvecs, noise, "noise", {b, d, d});
     a.eigvecs = *eigvecs;
   }
-  TORCH_CHECK_VALUE(!(lower.has_value() && std::isnan(*lower)), op, ": lower must not be NaN");
-  TORCH_CHECK_VALUE(!(upper.has_value() && std::isnan(*upper)), op, ": upper must not be NaN");
-  if (lower.has_value() && upper.has_value()) {
-    TORCH_CHECK_VALUE(*lower <= *upper, op, ": lower must be <= upper, got lower=", *lower,
-                      " > upper=", *upper);
-  }
+  check_box(op, lower, upper);
   a.noise = noise.contiguous();
   a.mean = mean.contiguous();
   a.sigma = sigma.contiguous();

@@ -54,12 +54,7 @@ IfgsmStepArgs prepare_ifgsm_step(const at::Tensor& z, const at::Tensor& grad, do
     }
   }
 
-  TORCH_CHECK_VALUE(!(lower.has_value() && std::isnan(*lower)), op, ": lower must not be NaN");
-  TORCH_CHECK_VALUE(!(upper.has_value() && std::isnan(*upper)), op, ": upper must not be NaN");
-  if (lower.has_value() && upper.has_value()) {
-    TORCH_CHECK_VALUE(*lower <= *upper, op, ": lower must be <= upper, got lower=", *lower,
-                      " > upper=", *upper);
-  }
+  check_box(op, lower, upper);
   if (lower.has_value()) args.lower = *lower;
   if (upper.has_value()) args.upper = *upper;
   return args;

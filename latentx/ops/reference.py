@@ -63,6 +63,17 @@ def check_number_or_tensor(op: str, name: str, value: object, tensor_ok: bool = 
         raise TypeError(f"{op}: {name} must be {what}, got {type(value).__name__}")
 
 
+def check_box(op: str, lower: Optional[Scalar], upper: Optional[Scalar]) -> None:
+    """Optional box bounds: numbers, neither NaN, and lower <= upper when both are given."""
+    for name, bound in (("lower", lower), ("upper", upper)):
+        if bound is not None:
+            check_number_or_tensor(op, name, bound, tensor_ok=False)
+            if math.isnan(bound):
+                raise ValueError(f"{op}: {name} must not be NaN")
+    if lower is not None and upper is not None and not lower <= upper:
+        raise ValueError(f"{op}: lower must be <= upper, got lower={lower} > upper={upper}")
+
+
 def check_per_sample(op: str, name: str, t: Tensor, ref: Tensor) -> None:
     """``t`` holds one value, or one per sample of ``ref`` (shape [B] or [B,1,...,1])."""
     if t.device != ref.device:
@@ -130,13 +141,7 @@ def check_ifgsm_step(
         if isinstance(radius, Tensor):
             check_per_sample(op, "radius", radius, z)
         check_nonnegative(op, "radius", radius, allow_inf=True)
-    for name, bound in (("lower", lower), ("upper", upper)):
-        if bound is not None:
-            check_number_or_tensor(op, name, bound, tensor_ok=False)
-        if bound is not None and math.isnan(bound):
-            raise ValueError(f"{op}: {name} must not be NaN")
-    if lower is not None and upper is not None and not lower <= upper:
-        raise ValueError(f"{op}: lower must be <= upper, got lower={lower} > upper={upper}")
+    check_box(op, lower, upper)
 
 
 def ifgsm_step(
@@ -198,13 +203,7 @@ def check_cma_sample(noise, mean, sigma, eigvecs, sqrt_eigvals, lower, upper) ->
                              f"({noise.device}, {noise.dtype}), got ({t.device}, {t.dtype})")
         if list(t.shape) != shape:
             raise ValueError(f"{op}: {name} must have shape {shape}, got {list(t.shape)}")
-    for name, bound in (("lower", lower), ("upper", upper)):
-        if bound is not None:
-            check_number_or_tensor(op, name, bound, tensor_ok=False)
-            if math.isnan(bound):
-                raise ValueError(f"{op}: {name} must not be NaN")
-    if lower is not None and upper is not None and not lower <= upper:
-        raise ValueError(f"{op}: lower must be <= upper, got lower={lower} > upper={upper}")
+    check_box(op, lower, upper)
 
 
 def cma_sample(
