@@ -15,12 +15,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    # Until projection lands (issue: transformation-aware projection), the demo shows the
-    # library working: the backend in use and the benchmark table at a small size.
-    from latentx.benchmarks import run
+    from latentx import project_cli
 
-    print("latentx demo: backend and a quick benchmark (projection demo comes with `latentx project`)")
-    return run.main(["--quick"])
+    return project_cli.run_demo(args)
+
+
+def _cmd_project(args: argparse.Namespace) -> int:
+    from latentx import project_cli
+
+    return project_cli.run_project(args)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -38,8 +41,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = sub.add_parser("demo", help="run the main job on the embedded default generator")
+    from latentx import project_cli
+
+    demo = sub.add_parser(
+        "demo",
+        help="project the face in skimage.data.astronaut() into the embedded face DCGAN",
+        description="The main job on the embedded default: transformation-aware BasinCMA projection of "
+        "the astronaut photo's face into the face DCGAN (gan_face_generate), composited back with "
+        "Poisson blending. " + project_cli.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    project_cli.add_demo_arguments(demo)
     demo.set_defaults(func=_cmd_demo)
+
+    project = sub.add_parser(
+        "project",
+        help="project the object in a photo (--box) into a generator, with the transform search",
+        description=project_cli.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    project_cli.add_project_arguments(project)
+    project.set_defaults(func=_cmd_project)
 
     bench = sub.add_parser(
         "bench",

@@ -24,6 +24,9 @@ pip install -q --disable-pip-version-check -c constraints.txt \
 # unpinned torchvision and with it a newer torch. The tests import torchvision's pure-Python
 # model definitions through a shim (ENVIRONMENT.md).
 pip install -q --disable-pip-version-check -c constraints.txt --no-deps lpips torchvision
+# The embedded default generator (a trained 64x64 face DCGAN, MIT) ships inside this package;
+# its other dependencies (wandb, torchvision, ...) are not needed for the model.
+pip install -q --disable-pip-version-check -c constraints.txt --no-deps gan_face_generate
 # Explicit, so a value cached in build/ by an earlier hand build cannot turn the check off.
 build_flags=(-C cmake.define.LATENTX_CUDA_CHECK=ON)
 if [ "${LATENTX_REQUIRE_NVCC:-0}" = 1 ]; then
