@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="run the microbenchmarks and print one table",
         description="Run the microbenchmarks (reference vs native, with the ratio). "
-        "Options after `bench` go to the runner: --device, --quick, --repeats, --json.",
+        "Options after `bench` go to the runner: --device, --quick, --repeats, --only, --json.",
         add_help=False,
     )
     bench.set_defaults(func=_cmd_bench)
