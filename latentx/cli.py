@@ -7,28 +7,17 @@ import json
 import sys
 from typing import Optional, Sequence
 
+import latentx
+from latentx import project_cli, refine_cli
+
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from latentx.benchmarks import run
+    from latentx.benchmarks import run  # imported on use: no other command needs it
 
     return run.main(args.extra)
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from latentx import project_cli
-
-    return project_cli.run_demo(args)
-
-
-def _cmd_project(args: argparse.Namespace) -> int:
-    from latentx import project_cli
-
-    return project_cli.run_project(args)
-
-
 def _cmd_info(args: argparse.Namespace) -> int:
-    import latentx
-
     print(json.dumps(latentx.backend(args.device), indent=2))
     return 0
 
@@ -41,8 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    from latentx import project_cli
-
     demo = sub.add_parser(
         "demo",
         help="project the face in skimage.data.astronaut() into the embedded face DCGAN",
@@ -52,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     project_cli.add_demo_arguments(demo)
-    demo.set_defaults(func=_cmd_demo)
+    demo.set_defaults(func=project_cli.run_demo)
 
     project = sub.add_parser(
         "project",
@@ -61,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     project_cli.add_project_arguments(project)
-    project.set_defaults(func=_cmd_project)
+    project.set_defaults(func=project_cli.run_project)
 
     bench = sub.add_parser(
         "bench",
@@ -71,8 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     bench.set_defaults(func=_cmd_bench)
-
-    from latentx import refine_cli
 
     refine = sub.add_parser(
         "refine",
