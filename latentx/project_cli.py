@@ -1,5 +1,18 @@
-"""``latentx project IMAGE --box x0,y0,x1,y1 --out DIR`` and ``latentx demo``: project the object
-in a photo into a generator with the transform search, composite it back, write the pictures.
+"""``latentx project IMAGE [IMAGE ...] [--box x0,y0,x1,y1 ...] --out DIR`` and ``latentx demo``:
+project the object in a photo into a generator with the transform search, composite it back,
+write the pictures.
+
+Several images: give ``--box`` once per IMAGE, in the same order (or never: the whole
+images). Each image gets its own sub-folder of ``--out`` (named after the file; ``-2``, ``-3``
+... where names repeat); one image writes into ``--out`` itself. Resumable: ``result.json`` is
+written last and atomically (temporary file, then rename), so a folder holding it is
+finished; such images are skipped (``--overwrite`` redoes them), and rerunning an interrupted
+command completes the rest. Every image uses the same ``--seed``, so a resumed run gives
+what an uninterrupted one would.
+
+``--finetune-steps N`` (default 0: off) fine-tunes a copy of the generator to the best
+projection afterwards (seed 003 eq. 6, :func:`latentx.projection.finetune`); the pictures then
+show the tuned generator's output and ``result.json`` gains a ``finetune`` entry.
 
 The object box is cut out of the photo with context (a square ``--context`` × the box's longer
 side, centred on it) and resized to ``--work-size`` pixels: the working frame in which
@@ -28,6 +41,7 @@ import math
 import os
 import struct
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -217,12 +231,14 @@ def crop_transform(box: Sequence[float], photo_size: Sequence[int], context: flo
 def run_projection(photo: Tensor, box: Sequence[float], out: Path, *, generator=None, method: str = "basincma",
                    transform=True, device: str = "cpu", work_size: int = 128, context: float = 2.0,
                    seed: int = 0, budget: Optional[dict] = None, label: str = "image",
-                   extra: Optional[dict] = None) -> dict:
+                   extra: Optional[dict] = None, finetune_steps: int = 0) -> dict:
     """Project ``box`` of ``photo`` [3, H, W] in [−1, 1]; write everything to ``out``; return
-    the JSON summary."""
+    the JSON summary. ``finetune_steps`` > 0: then fine-tune a copy of the generator for at
+    most that many Adam steps (seed 003 eq. 6) and picture its output. ``result.json`` is
+    written last, atomically: its presence means the folder is complete."""
     from latentx import models
     from latentx.poisson import poisson_blend
-    from latentx.projection import invert_images, project, transform_images
+    from latentx.projection import finetune, invert_images, project, transform_images
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -245,17 +261,22 @@ def run_projection(photo: Tensor, box: Sequence[float], out: Path, *, generator=
     box_crop = [max(0.0, box_crop[0]), max(0.0, box_crop[1]), min(float(work_size), box_crop[2]),
                 min(float(work_size), box_crop[3])]
 
+    if isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int) or finetune_steps < 0:
+        raise ValueError(f"--finetune-steps must be an integer >= 0, got {finetune_steps!r}")
     res = project(generator, crop.clamp(-1, 1), boxes=[box_crop], method=method, transform=transform,
                   seed=seed, progress=True, **budget)
     best = res.best()
     s = int(res.best_seed[0])
-    phi = res.phi[0].to(torch.float64).cpu()
+    ft = None
+    if finetune_steps > 0:
+        ft = finetune(generator, res, steps=finetune_steps, progress=True)
+    phi = (res.phi[0] if ft is None else ft.phi[0]).to(torch.float64).cpu()
     # ψ from the generator frame into the full photo: κ after ψ* (crop first, then ψ*)
     psi_photo = SpatialTransform(kappa.params.to(torch.float64)).then(SpatialTransform(phi[:4]))
     phi_photo = torch.cat([psi_photo.params[0], phi[4:]]).to(device=device, dtype=torch.float32)
 
     with torch.no_grad():
-        gen_best = best["generated"][:1].float()
+        gen_best = (best["generated"] if ft is None else ft.generated)[:1].float()
         inv_full, cover_full = invert_images(gen_best, phi_photo[None], (H, W))
         # blend region: the box grown by 15% of its size, where the generated frame lands
         gx, gy = 0.15 * (x1 - x0), 0.15 * (y1 - y0)
@@ -269,7 +290,7 @@ def run_projection(photo: Tensor, box: Sequence[float], out: Path, *, generator=
         composite, info = poisson_blend(inv_full.clamp(-1, 1), photo_d[None], region[None, None], return_info=True)
         composite = composite[0].clamp(-1, 1)
         target_t = transform_images(crop, phi[None].to(device=device, dtype=torch.float32), generator.resolution)[0]
-        inv_crop = best["inverted"][0]
+        inv_crop = (best["inverted"] if ft is None else ft.inverted)[0]
         cov_crop = res.coverage[0, 0]
         pasted = torch.where(cov_crop[None], inv_crop, crop[0]).clamp(-1, 1)
         comp_crop = kappa.apply(composite[None], (work_size, work_size), padding_mode="border")[0]
@@ -320,10 +341,37 @@ def run_projection(photo: Tensor, box: Sequence[float], out: Path, *, generator=
     }
     if "transform" in res.history:
         record["transform_history_best"] = res.history["transform"][0].tolist()
+    if ft is not None:
+        record["finetune"] = {
+            "note": "projection.png, inverted.png, composite.png and side_by_side.png show the tuned "
+                    "generator's output; 'best' above is the projection's before tuning",
+            "steps": ft.steps, "stopped": ft.stopped, "theta_distance": ft.theta_distance,
+            "settings": ft.settings, "seconds": ft.seconds, "z": ft.z[0].tolist(),
+            "losses_before": {k: float(v[0]) for k, v in ft.losses_before.items()},
+            "losses": {k: float(v[0]) for k, v in ft.losses.items()},
+        }
     if extra:
         record.update(extra)
-    (out / "result.json").write_text(json.dumps(record, indent=1))
+    write_json_atomic(out / "result.json", record)
     return record
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` so that ``path`` either does not exist or is complete:
+    a temporary file in the same folder, flushed to disk, then renamed over ``path``
+    (``os.replace`` is atomic on one file system). Resuming relies on this."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _print_record(record: dict, out: Path) -> None:
@@ -336,6 +384,10 @@ def _print_record(record: dict, out: Path) -> None:
         print(f"  {k:6s} {b[k]:.4f} / {m[k]:.4f}")
     print(f"Poisson blend: {record['poisson']['iterations']} CG iterations, relative residual "
           f"{record['poisson']['residual']:.1e}")
+    if "finetune" in record:
+        f = record["finetune"]
+        print(f"fine-tuned {f['steps']} steps (stopped: {f['stopped']}): L_mask {f['losses_before']['total']:.4f} "
+              f"-> {f['losses']['total']:.4f}, |theta - theta0| = {f['theta_distance']:.3g}")
     print(f"wall time {record['seconds']:.1f} s; wrote {', '.join(record['files'])} to {out}")
 
 
@@ -389,6 +441,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate for z (default 0.05)")
     p.add_argument("--work-size", type=int, default=128, help="working crop size in pixels (default 128)")
     p.add_argument("--context", type=float, default=2.0, help="crop side / box side (default 2)")
+    p.add_argument("--finetune-steps", type=int, default=0,
+                   help="fine-tune a copy of the generator to the projection for at most N Adam steps "
+                        "(seed 003 eq. 6: lr 1e-4, lambda 1e3, stop below L_mask 0.1; default 0: off)")
 
 
 def _generator(args):
@@ -400,9 +455,12 @@ def _generator(args):
 
 
 def add_project_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", help="image file (PNG, JPEG, ...)")
-    p.add_argument("--box", type=parse_box, default=None,
-                   help="object box x0,y0,x1,y1 in pixels (default: the whole image)")
+    p.add_argument("image", nargs="+", help="image file(s) (PNG, JPEG, ...)")
+    p.add_argument("--box", type=parse_box, action="append", default=None,
+                   help="object box x0,y0,x1,y1 in pixels; repeat once per IMAGE, in order "
+                        "(default: the whole images)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo images whose result.json exists (default: skip them, resuming a run)")
     add_common_arguments(p)
 
 
@@ -414,15 +472,74 @@ def run_project(args: argparse.Namespace) -> int:
         return 2
 
 
+def output_folders(images: Sequence[str], out: Path) -> list[Path]:
+    """Where each image's files go: ``out`` for one image; otherwise ``out``/<file stem>, with
+    ``-2``, ``-3`` ... appended to repeated stems (in argument order, so a rerun with the same
+    arguments finds the same folders)."""
+    if len(images) == 1:
+        return [out]
+    folders, seen = [], {}
+    for path in images:
+        stem = Path(path).stem or "image"
+        seen[stem] = seen.get(stem, 0) + 1
+        folders.append(out / (stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"))
+    return folders
+
+
+def _check_box(box: Sequence[float], size: tuple, name: str) -> None:
+    x0, y0, x1, y1 = box
+    H, W = size
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"--box {list(box)} for {name} is empty (need x0 < x1 and y0 < y1)")
+    if x0 < 0 or y0 < 0 or x1 > W or y1 > H:
+        raise ValueError(f"--box {list(box)} for {name} lies outside its {W}×{H} image")
+
+
 def _run_project(args: argparse.Namespace) -> int:
-    photo = read_image(args.image)
-    box = args.box if args.box is not None else [0, 0, photo.shape[2], photo.shape[1]]
+    images = list(args.image)
+    boxes = args.box
+    if boxes is not None and len(boxes) != len(images):
+        raise ValueError(f"got {len(boxes)} --box for {len(images)} IMAGE arguments: give --box once per "
+                         "IMAGE, in the same order, or not at all (the whole images)")
+    if isinstance(args.finetune_steps, bool) or args.finetune_steps < 0:
+        raise ValueError(f"--finetune-steps must be an integer >= 0, got {args.finetune_steps!r}")
     out = Path(args.out or "latentx-project")
-    record = run_projection(photo, box, out, generator=_generator(args), method=args.method,
-                            transform=not args.no_transform, device=args.device, work_size=args.work_size,
-                            context=args.context, seed=args.seed, budget=_budget(args), label=str(args.image))
-    _print_record(record, out)
+    folders = output_folders(images, out)
+    # Check every image and box before the first projection: a typo in the last box should not
+    # surface after hours of work on the others.
+    jobs = []
+    for i, (path, folder) in enumerate(zip(images, folders)):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"IMAGE {path!r} does not exist")
+        size = _image_size(path)
+        box = boxes[i] if boxes is not None else [0, 0, size[1], size[0]]
+        _check_box(box, size, path)
+        jobs.append((path, box, folder))
+    todo = []
+    for job in jobs:
+        done = job[2] / "result.json"
+        if done.is_file() and not args.overwrite:
+            print(f"latentx project: {job[0]}: {done} exists, skipping (--overwrite redoes it)")
+        else:
+            todo.append(job)
+    if not todo:
+        return 0
+    generator = _generator(args)
+    budget = _budget(args)
+    for k, (path, box, folder) in enumerate(todo, 1):
+        if len(jobs) > 1:
+            print(f"latentx project: [{k}/{len(todo)}] {path} -> {folder}")
+        record = run_projection(read_image(path), box, folder, generator=generator, method=args.method,
+                                transform=not args.no_transform, device=args.device, work_size=args.work_size,
+                                context=args.context, seed=args.seed, budget=budget, label=str(path),
+                                finetune_steps=args.finetune_steps)
+        _print_record(record, folder)
     return 0
+
+
+def _image_size(path: str) -> tuple:
+    """(H, W) of an image file (reads it; the photos here are small next to a projection)."""
+    return tuple(read_image(path).shape[1:])
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -442,6 +559,10 @@ def run_demo(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as e:
         print(f"latentx demo: {e}", file=sys.stderr)
         return 2
+    if args.finetune_steps < 0:
+        print(f"latentx demo: error: --finetune-steps must be an integer >= 0, got {args.finetune_steps}",
+              file=sys.stderr)
+        return 2
     photo = array_to_tensor(data.astronaut(), "skimage.data.astronaut()")
     out = Path(args.out or "latentx-demo")
     budget = _budget(args)
@@ -452,6 +573,7 @@ def run_demo(args: argparse.Namespace) -> int:
     record = run_projection(photo, ASTRONAUT_FACE_BOX, out, generator=generator, method=args.method,
                             transform=not args.no_transform, device=args.device, work_size=args.work_size,
                             context=args.context, seed=args.seed, budget=budget,
-                            label="skimage.data.astronaut()", extra={"face_box_note": "ASTRONAUT_FACE_BOX in latentx/project_cli.py"})
+                            label="skimage.data.astronaut()", finetune_steps=args.finetune_steps,
+                            extra={"face_box_note": "ASTRONAUT_FACE_BOX in latentx/project_cli.py"})
     _print_record(record, out)
     return 0

@@ -262,3 +262,210 @@ def test_project_cli_writes_everything(tmp_path):
     assert len(record["z_best"]) == 100 and len(record["phi"]) == 5
     assert set(record["best"]) == {"l1", "l2", "lpips", "total"}
     assert cli.main(["project", str(photo), "--box", "20,30,20,80", "--out", str(out)]) == 2
+
+
+# --- fine-tuning (seed 003 eq. 6) -----------------------------------------------------------
+
+class TinyBNG(nn.Module):
+    """z [N, 8] → [N, 3, 32, 32] with batch norm whose running statistics are not the
+    defaults (so that a forward pass in train mode would visibly change them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(Z_DIM, 16 * 4 * 4)
+        self.up = nn.Sequential(
+            nn.Upsample(scale_factor=2), nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Upsample(scale_factor=2), nn.Conv2d(16, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Upsample(scale_factor=2), nn.Conv2d(8, 3, 3, padding=1))
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, z):
+        return torch.tanh(self.up(self.fc(z).view(-1, 16, 4, 4)))
+
+
+@pytest.fixture(scope="module")
+def bn_projection(lp):
+    """A BN generator and a short projection of a random photo (which it cannot draw exactly)."""
+    from latentx.projection import finetune  # noqa: F401 - fail here if the API is missing
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        g = models.Generator(TinyBNG(), Z_DIM, object_box=(-1, -1, 1, 1), name="tiny-bn")
+    photo = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    res = project(g, photo, boxes=[[4, 4, 36, 36]], method="adam", adam_steps=10, transform="init",
+                  seeds=2, seed=0, perceptual=lp, progress=False)
+    return g, res
+
+
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_finetune_lowers_the_loss_and_leaves_the_generator_alone(bn_projection, lp):
+    from latentx.projection import finetune
+
+    g, res = bn_projection
+    before_state = _state(g)
+    ft = finetune(g, res, steps=40, lr=1e-3, target_loss=0.0, perceptual=lp, progress=False)
+    # the loss it starts from is the projection's best seed
+    torch.testing.assert_close(ft.losses_before["total"], res.best()["losses"]["total"])
+    assert ft.steps == 40 and ft.stopped == "steps"
+    assert ft.losses["total"][0] < ft.losses_before["total"][0] - 0.01, (ft.losses_before, ft.losses)
+    # history[t] is the loss where step t starts: step 0 starts at the projection's loss
+    assert ft.history["loss"].shape == (40,)
+    assert ft.history["loss"][0] == pytest.approx(float(ft.losses_before["total"][0]), abs=1e-5)
+    # the caller's generator: same weights and BN statistics, still frozen
+    for k, v in _state(g).items():
+        assert torch.equal(v, before_state[k]), k
+    assert not any(p.requires_grad for p in g.parameters())
+    # the tuned copy: new weights, but BN running statistics frozen (eval mode throughout)
+    tuned = _state(ft.generator)
+    assert not torch.equal(tuned["net.fc.weight"], before_state["net.fc.weight"])
+    stats = [k for k in tuned if "running_" in k or "num_batches_tracked" in k]
+    assert len(stats) == 6
+    for k in stats:
+        assert torch.equal(tuned[k], before_state[k]), k
+    # its outputs are what the tuned generator draws at the tuned latent
+    torch.testing.assert_close(ft.generator(ft.z), ft.generated)
+    assert ft.z.abs().max() <= g.truncation
+
+
+def test_finetune_stays_closer_to_theta0_as_lambda_grows(bn_projection, lp):
+    from latentx.projection import finetune
+
+    g, res = bn_projection
+    kw = dict(steps=25, lr=1e-3, target_loss=0.0, tune_latent=False, perceptual=lp, progress=False)
+    runs = [finetune(g, res, weight_decay_to_init=lam, **kw) for lam in (0.0, 1e2, 1e4)]
+    dist = [r.theta_distance for r in runs]
+    assert dist[0] > dist[1] > dist[2] > 0, dist
+    # without the penalty the fit is better: the penalty trades loss for staying near θ₀
+    assert runs[0].losses["total"][0] < runs[2].losses["total"][0]
+    assert runs[0].history["penalty"].abs().max() == 0 and runs[2].history["penalty"][-1] > 0
+
+
+def test_finetune_stops_at_the_target_loss_and_checks_its_arguments(bn_projection, lp):
+    from latentx.projection import finetune
+
+    g, res = bn_projection
+    start = float(res.best()["losses"]["total"][0])
+    ft = finetune(g, res, steps=200, lr=1e-3, target_loss=start - 0.005, perceptual=lp, progress=False)
+    assert ft.stopped == "target" and 0 < ft.steps < 200
+    assert ft.history["loss"][-1] < start - 0.005 <= ft.history["loss"][:-1].min()
+    done = finetune(g, res, steps=50, target_loss=start + 1.0, perceptual=lp, progress=False)
+    assert done.stopped == "target" and done.steps == 0
+    with pytest.raises(ValueError, match="steps must be an integer >= 0"):
+        finetune(g, res, steps=-1, perceptual=lp)
+    with pytest.raises(ValueError, match="weight_decay_to_init must be a number >= 0"):
+        finetune(g, res, weight_decay_to_init=-1.0, perceptual=lp)
+    with pytest.raises(TypeError, match="result must be a ProjectionResult"):
+        finetune(g, {"z": None}, perceptual=lp)
+    with pytest.raises(ValueError, match=r"masks must be \[1, 1, 40, 40\]"):
+        finetune(g, res, masks=torch.ones(1, 1, 8, 8), perceptual=lp)
+
+
+# --- resumable multi-image projection (latentx project IMAGE IMAGE ...) ---------------------
+
+TINY_GENERATOR_MODULE = '''
+import torch
+from torch import nn
+
+from latentx import models
+
+
+class TinyG(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8 * 4 * 4)
+        self.up = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8),
+                                nn.Tanh(), nn.Upsample(scale_factor=4), nn.Conv2d(8, 3, 3, padding=1))
+
+    def forward(self, z):
+        return torch.tanh(self.up(self.fc(z).view(-1, 8, 4, 4)))
+
+
+def make():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = TinyG()
+    return models.Generator(net, 8, object_box=(-0.5, -0.5, 0.5, 0.5), name="tiny-cli")
+'''
+
+
+def _write_photo(path, seed, h=48, w=56):
+    from latentx.project_cli import write_png
+
+    g = torch.Generator().manual_seed(seed)
+    img = (torch.rand(h // 8, w // 8, 3, generator=g).repeat_interleave(8, 0).repeat_interleave(8, 1) * 255)
+    write_png(path, img.round().to(torch.uint8).numpy())
+
+
+def test_project_cli_several_images_resumes(tmp_path, monkeypatch, capsys):
+    import json
+    import os
+
+    from latentx import cli, project_cli
+
+    (tmp_path / "tiny_cli_generator.py").write_text(TINY_GENERATOR_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    _write_photo(a, 1)
+    _write_photo(b, 2)
+    out = tmp_path / "out"
+    argv = ["project", str(a), str(b), "--box", "8,8,40,40", "--box", "16,10,52,44",
+            "--generator", "tiny_cli_generator:make", "--out", str(out), "--method", "adam", "--seeds", "2",
+            "--adam-steps", "2", "--transform-meta-steps", "1", "--transform-grad-steps", "1",
+            "--work-size", "32", "--finetune-steps", "2"]
+
+    # an interrupted run: the second image dies half-way (after its pictures, before result.json)
+    real = project_cli.run_projection
+    calls = []
+
+    def dies_on_second(photo, box, folder, **kw):
+        calls.append(folder.name)
+        if len(calls) == 2:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "target.png").write_bytes(b"partial")
+            raise KeyboardInterrupt
+        return real(photo, box, folder, **kw)
+
+    monkeypatch.setattr(project_cli, "run_projection", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(argv)
+    assert calls == ["a", "b"]
+    first = out / "a" / "result.json"
+    assert first.is_file() and not (out / "b" / "result.json").exists()
+    assert not list((out / "a").glob("*.tmp"))  # the atomic write left no temporary file
+    record_a = json.loads(first.read_text())
+    assert record_a["box"] == [8.0, 8.0, 40.0, 40.0] and record_a["finetune"]["steps"] >= 1
+    # back-date it, so "not rewritten" does not depend on the file system's clock resolution
+    os.utime(first, ns=(10**18, 10**18))
+    stamp = first.stat().st_mtime_ns
+    pictures = {p.name: p.read_bytes() for p in (out / "a").glob("*.png")}
+
+    # the rerun does only the unfinished image, with its own box
+    monkeypatch.setattr(project_cli, "run_projection", real)
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert "skipping" in capsys.readouterr().out
+    assert first.stat().st_mtime_ns == stamp
+    assert {p.name: p.read_bytes() for p in (out / "a").glob("*.png")} == pictures
+    record_b = json.loads((out / "b" / "result.json").read_text())
+    assert record_b["box"] == [16.0, 10.0, 52.0, 44.0]
+    for name in record_b["files"]:
+        assert (out / "b" / name).stat().st_size > 100, name
+    # one IMAGE writes into --out itself; --overwrite redoes a finished one
+    single = argv[:2] + argv[3:5] + argv[7:] + ["--out", str(out / "a")]
+    assert cli.main(single) == 0 and first.stat().st_mtime_ns == stamp
+    assert cli.main(single + ["--overwrite"]) == 0
+    assert first.stat().st_mtime_ns != stamp
+
+    # bad input, before any work: box count, a box outside its image, a missing file
+    assert cli.main(argv[:5] + argv[7:]) == 2
+    assert "--box once per IMAGE" in capsys.readouterr().err
+    bad = argv[:3] + ["--box", "8,8,40,40", "--box", "16,10,70,44"] + argv[7:]
+    assert cli.main(bad) == 2
+    assert "outside" in capsys.readouterr().err
+    assert cli.main(["project", str(tmp_path / "nope.png"), "--out", str(out)]) == 2
