@@ -57,6 +57,7 @@ of the generator's weights θ (and z, c, optionally φ) of the photo-frame L_mas
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -68,6 +69,7 @@ from torch import Tensor
 
 from latentx.cma import BatchedCMAES
 from latentx.lpips import LPIPS, TargetFeatures, backbone_checkpoint_paths
+from latentx.models import Generator
 from latentx.transforms import SpatialTransform
 
 __all__ = ["METHODS", "ProjectionResult", "project", "FinetuneResult", "finetune", "default_lpips",
@@ -534,8 +536,6 @@ def project(
         :class:`ProjectionResult`.
     """
     t_start = time.perf_counter()
-    from latentx.models import Generator
-
     if not isinstance(generator, Generator):
         raise TypeError("project: generator must be a latentx.models.Generator (wrap a network with "
                         "latentx.models.Generator(net, z_dim, ...) or use latentx.models.load(...)), "
@@ -914,11 +914,7 @@ def finetune(
     Returns:
         :class:`FinetuneResult`.
     """
-    import copy
-
     t_start = time.perf_counter()
-    from latentx.models import Generator
-
     if not isinstance(generator, Generator):
         raise TypeError("finetune: generator must be a latentx.models.Generator (the one result was "
                         f"projected with), got {type(generator).__name__}")
