@@ -122,7 +122,9 @@ LATENTX_HOST_DEVICE GridAxis<T> grid_axis(T coord, T stretch, int64_t size, T ca
   if (padding == kGridPadReflection && (size > 1 || !align_corners)) {
     // Reflection is periodic: an exact fmod by the period changes neither the reflected tap
     // indices nor the distances, and keeps huge coordinates in int64 range.
-    coord = fmod(coord, T(align_corners ? 2 * (size - 1) : 2 * size));
+    // Within one period (the usual case) fmod is the identity: skip it.
+    const T period = T(align_corners ? 2 * (size - 1) : 2 * size);
+    if (!(coord > -period && coord < period)) coord = fmod(coord, period);
   } else {
     // Beyond these bounds every tap lies outside the image (zeros: all 0; border: all the
     // edge pixel; reflection of a single pixel: all pixel 0): the result does not change.

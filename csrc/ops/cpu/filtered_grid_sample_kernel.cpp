@@ -1,7 +1,13 @@
-// CPU kernels of filtered_grid_sample. Forward: parallel over (sample, output row); the tap
-// weights and indices of each output pixel are computed once and reused by every channel.
-// Backward: parallel over samples (each owns its input-gradient planes: no races), the same
-// per-pixel taps, channels inside.
+// CPU kernels of filtered_grid_sample. Forward: parallel over (sample, output row); backward:
+// parallel over samples (each owns its input-gradient planes: no races).
+//
+// Per output pixel, each axis's taps become once a run of consecutive pixels with their
+// normalised weights (AxisRun), shared by every channel: the taps that read no pixel or have
+// no weight are dropped, and those the padding maps onto the same pixel (near an edge) are
+// added up. The channel loops are then dense: along x a fixed-width window of kLanes or
+// 2 kLanes pixels holding the run (zero weights elsewhere), along y the run's rows. These
+// fixed-width loops are what the compiler vectorises, once per instruction set
+// (LATENTX_CPU_MULTIVERSION); longer runs take plain loops.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -9,122 +15,405 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
+#include "common/cpu_helpers.h"
 #include "ops/filtered_grid_sample.h"
 #include "ops/filtered_grid_sample_math.h"
+
+#if defined(__GNUC__)
+// The helpers of the multiversioned loops must be inlined into each clone to be compiled for
+// its instruction set.
+#define LATENTX_INLINE inline __attribute__((always_inline))
+#else
+#define LATENTX_INLINE inline
+#endif
 
 namespace latentx {
 namespace {
 
 // Output values (each a sum over at least 4 taps) per parallel chunk.
 constexpr int64_t kGrainValues = 4096;
+// Lanes of the vectors (one AVX2 vector of float): pixels per block of the x window (windows
+// of 1 or 2 blocks), taps per block of weights.
+constexpr int64_t kLanes = 8;
+// Zero weights kept on both sides of a run, so that a window holding it can read them.
+constexpr int64_t kPad = 2 * kLanes;
 
-// Per-thread tap buffers of one axis: normalised weights w^, their derivatives dw^/dcoord,
-// and the padded indices, for the taps that matter.
+constexpr int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// kLanes values of T as one GCC/Clang vector (vector extensions): explicit SIMD that each
+// LATENTX_CPU_MULTIVERSION clone compiles for its instruction set (float: one AVX2 register,
+// half an AVX-512 one, two SSE ones). The compiler does not vectorise these short loops
+// reliably on its own.
 template <typename T>
-struct TapBuffer {
-  std::vector<T> w, dw;
-  std::vector<int64_t> index;
-  int64_t count = 0;
-  bool contiguous = false;  // index[i] == index[0] + i: the taps are one run of pixels
-  explicit TapBuffer(int64_t capacity) : w(capacity), dw(capacity), index(capacity) {}
+struct Simd {
+  using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef T V __attribute__((vector_size(kLanes * sizeof(T))));
+  typedef I M __attribute__((vector_size(kLanes * sizeof(T))));  // comparison masks
 
-  // Taps with a non-zero weight that read a pixel (zero padding's reads are 0): forward.
-  // `a` comes without its normalisation (grid_axis(..., normalize=false)); the sum of the
-  // weights (over every tap, padded ones included) is taken here in the same pass.
-  void fill_forward(const GridAxis<T>& a, int64_t size, int64_t padding, bool align) {
-    count = 0;
-    contiguous = true;
-    T sum = T(0);
-    for (int64_t k = 0; k < a.count; ++k) {
-      T unused;
-      const T wk = grid_tap_weight(a, k, unused);
-      sum += wk;
-      const int64_t i = grid_pad_index(a.first + k, size, padding, align);
-      if (wk == T(0) || i < 0) continue;
-      contiguous = contiguous && (count == 0 || i == index[count - 1] + 1);
-      w[count] = wk;
-      index[count++] = i;
+  static LATENTX_INLINE V splat(T x) { return V{} + x; }
+  static LATENTX_INLINE V iota() {
+    V v;
+    for (int64_t l = 0; l < kLanes; ++l) v[l] = T(l);
+    return v;
+  }
+  static LATENTX_INLINE V load(const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  template <typename S>  // from another (storage) type: half, bfloat16
+  static LATENTX_INLINE V load(const S* p) {
+    V v;
+    for (int64_t l = 0; l < kLanes; ++l) v[l] = static_cast<T>(p[l]);
+    return v;
+  }
+  static LATENTX_INLINE void store(T* p, V v) { std::memcpy(p, &v, sizeof v); }
+  static LATENTX_INLINE V select(M m, V a, V b) { return m ? a : b; }
+  // Sum of the lanes, pairwise.
+  static LATENTX_INLINE T sum(V v) {
+    T t[kLanes];
+    std::memcpy(t, &v, sizeof v);
+    for (int64_t h = kLanes / 2; h >= 1; h /= 2)
+#pragma GCC unroll 8
+      for (int64_t l = 0; l < h; ++l) t[l] += t[l + h];
+    return t[0];
+  }
+};
+
+// The taps of one axis of one output pixel, as a run of pixels start .. start + len - 1 with
+// their normalised weights w^ and (backward) derivatives dw^/dcoord; taps with neither (or
+// that read no pixel: zero padding) are left out, so the first and last weights are non-zero.
+// w[-kPad .. 0) and w[len .. len + kPad) are 0 (likewise dw). Per-thread buffers.
+template <typename T>
+class AxisRun {
+ public:
+  int64_t start = 0, len = 0;
+  const T* w = nullptr;
+  const T* dw = nullptr;
+
+  explicit AxisRun(int64_t max_taps)
+      : stride_(kPad + round_up(max_taps, kLanes) + kPad),
+        raw_(2 * stride_, T(0)), fold_(2 * stride_, T(0)) {}
+
+  // `a` comes without its normalisation (grid_axis(..., normalize=false)): the sums of the
+  // weights (over every tap, padded ones included) are taken here, as the weights are made.
+  template <bool kGrad>
+  LATENTX_INLINE void fill(const GridAxis<T>& a, int64_t size, int64_t padding, bool align) {
+    T* rw = raw_.data() + kPad;
+    T* rdw = rw + stride_;
+    const int64_t count = a.count, end = round_up(count, kLanes);
+    using S = Simd<T>;
+    typename S::V sum = S::splat(T(0)), dsum = sum;
+    for (int64_t b = 0; b < end; b += kLanes) {
+      typename S::V w, dw;
+      tap_block<kGrad>(a, b, w, dw);
+      S::store(rw + b, w);
+      sum += w;
+      if (kGrad) {
+        S::store(rdw + b, dw);
+        dsum += dw;
+      }
     }
+    // A longer run of an earlier pixel may have left weights past this one's blocks.
+    std::fill(rw + end, rw + end + kPad, T(0));
+    if (kGrad) std::fill(rdw + end, rdw + end + kPad, T(0));
     if (a.s > T(1)) {  // normalise; with s = 1 the bilinear weights are left as they are
-      const T inv = T(1) / sum;
-      for (int64_t k = 0; k < count; ++k) w[k] *= inv;
+      const T total = S::sum(sum);
+      const typename S::V inv = S::splat(T(1) / total);
+      const typename S::V dnorm = S::splat(kGrad ? S::sum(dsum) / total : T(0));
+      for (int64_t b = 0; b < end; b += kLanes) {
+        const typename S::V w = S::load(rw + b);
+        if (kGrad) S::store(rdw + b, (S::load(rdw + b) - w * dnorm) * inv);  // (w' - w sum(w')/W) / W
+        S::store(rw + b, w * inv);
+      }
     }
+    // Trim the taps without weight (or derivative) at both ends: e.g. s a rounding error
+    // above an integer adds a tap of (almost always) zero weight on each side.
+    auto used = [&](int64_t k) { return rw[k] != T(0) || (kGrad && rdw[k] != T(0)); };
+    int64_t k0 = 0, k1 = count - 1;
+    while (k0 < count && !used(k0)) ++k0;
+    while (k1 > k0 && !used(k1)) --k1;
+    if (k0 == count) {
+      len = 0;
+      return;
+    }
+    if (a.first + k0 >= 0 && a.first + k1 < size) {  // inside the image: the taps are the run
+      start = a.first + k0;
+      len = k1 - k0 + 1;
+      w = rw + k0;
+      dw = rdw + k0;
+      return;
+    }
+    // Across an edge: fold the taps onto the pixels they read. Consecutive taps read the same
+    // or adjacent pixels (or none, outside under zero padding), so the pixels read form a run
+    // no longer than the taps.
+    int64_t lo = size, hi = -1;
+    for (int64_t k = k0; k <= k1; ++k) {
+      const int64_t i = grid_pad_index(a.first + k, size, padding, align);
+      if (i < 0) continue;
+      lo = std::min(lo, i);
+      hi = std::max(hi, i);
+    }
+    if (hi < 0) {
+      len = 0;
+      return;
+    }
+    T* fw = fold_.data() + kPad;
+    T* fdw = fw + stride_;
+    std::fill(fw, fw + (hi - lo + 1) + kPad, T(0));
+    if (kGrad) std::fill(fdw, fdw + (hi - lo + 1) + kPad, T(0));
+    for (int64_t k = k0; k <= k1; ++k) {
+      const int64_t i = grid_pad_index(a.first + k, size, padding, align);
+      if (i < 0) continue;
+      fw[i - lo] += rw[k];
+      if (kGrad) fdw[i - lo] += rdw[k];
+    }
+    start = lo;
+    len = hi - lo + 1;
+    w = fw;
+    dw = fdw;
   }
 
-  // Taps with a non-zero weight or derivative that read a pixel: backward.
-  void fill_backward(const GridAxis<T>& a, int64_t size, int64_t padding, bool align) {
-    count = 0;
-    for (int64_t k = 0; k < a.count; ++k) {
-      T dwk;
-      const T wk = grid_tap_weight(a, k, dwk);
-      const int64_t i = grid_pad_index(a.first + k, size, padding, align);
-      if ((wk == T(0) && dwk == T(0)) || i < 0) continue;
-      w[count] = wk * a.inv_norm;
-      dw[count] = (dwk - wk * a.dnorm) * a.inv_norm;
-      index[count++] = i;
+ private:
+  // Unnormalised weights (and derivatives) of taps b .. b + kLanes - 1: grid_tap_weight,
+  // branch-free. The taps from `count` on lie beyond the support (d > radius): weight 0.
+  // T(first) + T(l) is T(first + l) exactly for any image under 2^24 pixels a side. The tent
+  // 1 - |d|/s is 1 + d/s and 1 - d/s, bit for bit.
+  template <bool kGrad>
+  LATENTX_INLINE static void tap_block(const GridAxis<T>& a, int64_t b, typename Simd<T>::V& w,
+                                       typename Simd<T>::V& dw) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    const V zero = S::splat(T(0));
+    const V d = (S::splat(static_cast<T>(a.first + b)) + S::iota()) - a.coord;
+    const typename S::M inside = (d > -a.radius) & (d <= a.radius);
+    if (a.gaussian) {
+      V e;
+      for (int64_t l = 0; l < kLanes; ++l) e[l] = std::exp(-d[l] * d[l] * a.inv_two_var);
+      w = S::select(inside, e, zero);
+      if (kGrad) dw = w * d * (T(2) * a.inv_two_var);
+      return;
+    }
+    const typename S::M left = d <= T(0);
+    const V ad = S::select(left, -d, d);
+    w = S::select(inside, T(1) - ad * a.inv_s, zero);
+    if (kGrad) dw = S::select(inside, S::select(left, S::splat(-a.inv_s), S::splat(a.inv_s)), zero);
+  }
+
+  int64_t stride_;
+  std::vector<T> raw_, fold_;  // weights then derivatives, each [kPad | taps | kPad]
+};
+
+// The x run as a window of NB * kLanes pixels x0 .. inside the row (run.len <= the window's
+// width <= the row's): its weights (0 outside the run) and which lanes hold the run. Pixels
+// outside the run are masked out rather than weighted by 0, so an Inf or NaN there changes
+// nothing, as when they are not read.
+template <int64_t NB, typename T>
+struct XWindow {
+  using S = Simd<T>;
+  int64_t x0;
+  typename S::V w[NB], dw[NB];
+  typename S::M in[NB];
+  template <bool kGrad>
+  LATENTX_INLINE void set(const AxisRun<T>& r, int64_t width) {
+    x0 = std::min(r.start, width - NB * kLanes);
+    const int64_t shift = r.start - x0;  // 0 .. NB * kLanes - len
+    for (int64_t b = 0; b < NB; ++b) {
+      w[b] = S::load(r.w + b * kLanes - shift);  // the run's zero padding outside it
+      if (kGrad) dw[b] = S::load(r.dw + b * kLanes - shift);
+      const typename S::V lane = S::iota() + static_cast<T>(b * kLanes - shift);
+      in[b] = (lane >= T(0)) & (lane < static_cast<T>(r.len));
     }
   }
 };
 
+// One pixel, every channel, x as a window of NB * kLanes pixels: out = sum_x wx sum_y wy v.
+template <int64_t NB, typename scalar_t, typename T>
+LATENTX_INLINE void forward_window(const AxisRun<T>& rx, const AxisRun<T>& ry, const scalar_t* in,
+                                   int64_t c, int64_t h, int64_t w, scalar_t* dst,
+                                   int64_t plane_out) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  XWindow<NB, T> x;
+  x.template set<false>(rx, w);
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const scalar_t* p = in + (ch * h + ry.start) * w + x.x0;
+    V col[NB];
+    for (int64_t b = 0; b < NB; ++b) col[b] = S::splat(T(0));
+    for (int64_t j = 0; j < ry.len; ++j, p += w) {
+      const T wy = ry.w[j];
+      for (int64_t b = 0; b < NB; ++b) col[b] += wy * S::load(p + b * kLanes);
+      __builtin_prefetch(p + NB * kLanes + 32);
+    }
+    V acc = S::splat(T(0));
+    for (int64_t b = 0; b < NB; ++b) acc += S::select(x.in[b], x.w[b] * col[b], S::splat(T(0)));
+    dst[ch * plane_out] = static_cast<scalar_t>(S::sum(acc));
+  }
+}
+
+// The same for a run of any length (long, or in a row narrower than the window).
+template <typename scalar_t, typename T>
+LATENTX_INLINE void forward_run(const AxisRun<T>& rx, const AxisRun<T>& ry, const scalar_t* in,
+                                int64_t c, int64_t h, int64_t w, scalar_t* dst, int64_t plane_out) {
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const scalar_t* p = in + (ch * h + ry.start) * w + rx.start;
+    T acc = T(0);
+    for (int64_t j = 0; j < ry.len; ++j, p += w) {
+      T racc = T(0);
+      for (int64_t i = 0; i < rx.len; ++i) racc += rx.w[i] * static_cast<T>(p[i]);
+      acc += ry.w[j] * racc;
+    }
+    dst[ch * plane_out] = static_cast<scalar_t>(acc);
+  }
+}
+
+// Output rows [begin, end) of [N * Ho].
 template <typename scalar_t>
-void forward_impl(const GridSampleArgs& a, at::Tensor& out) {
+LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o, int64_t begin,
+                                           int64_t end) {
   using T = at::opmath_type<scalar_t>;
-  const int64_t n = a.input.size(0), c = a.input.size(1), h = a.input.size(2), w = a.input.size(3);
+  const int64_t c = a.input.size(1), h = a.input.size(2), w = a.input.size(3);
   const int64_t ho = a.grid.size(1), wo = a.grid.size(2), plane_out = ho * wo;
   const int64_t cap = std::max(h, w), max_taps = grid_max_taps(cap);
   const scalar_t* in = a.input.const_data_ptr<scalar_t>();
   const scalar_t* grid = a.grid.const_data_ptr<scalar_t>();
   const T* stretch = a.stretch.const_data_ptr<T>();
-  scalar_t* o = out.mutable_data_ptr<scalar_t>();
-  // Chunks of at least ~kGrainValues output values: small calls stay on one thread.
-  const int64_t grain = std::max<int64_t>(1, kGrainValues / std::max<int64_t>(1, wo * c));
-  at::parallel_for(0, n * ho, grain, [&](int64_t begin, int64_t end) {
-    TapBuffer<T> tx(max_taps), ty(max_taps);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t s = row / ho, r = row % ho;
-      for (int64_t col = 0; col < wo; ++col) {
-        const int64_t p = row * wo + col;  // pixel index in [N, Ho, Wo]
-        scalar_t* dst = o + s * c * plane_out + r * wo + col;
-        const T ix = grid_unnormalize(static_cast<T>(grid[2 * p]), w, a.align_corners);
-        const T iy = grid_unnormalize(static_cast<T>(grid[2 * p + 1]), h, a.align_corners);
-        if (!(grid_finite(ix) && grid_finite(iy))) {  // undefined location: 0 by definition
-          for (int64_t ch = 0; ch < c; ++ch) dst[ch * plane_out] = scalar_t(0);
-          continue;
-        }
-        tx.fill_forward(grid_axis(ix, stretch[2 * p], w, T(cap), a.padding, a.align_corners, a.filter, false),
-                        w, a.padding, a.align_corners);
-        ty.fill_forward(grid_axis(iy, stretch[2 * p + 1], h, T(cap), a.padding, a.align_corners, a.filter, false),
-                        h, a.padding, a.align_corners);
-        const T* wx = tx.w.data();
-        const int64_t nx = tx.count;
-        for (int64_t ch = 0; ch < c; ++ch) {
-          const scalar_t* plane = in + (s * c + ch) * h * w;
-          T acc = T(0);
-          for (int64_t j = 0; j < ty.count; ++j) {
-            const scalar_t* line = plane + ty.index[j] * w;
-            T racc = T(0);
-            if (tx.contiguous) {  // the common case inside the image: one run of pixels
-              const scalar_t* run = line + (nx > 0 ? tx.index[0] : 0);
-              for (int64_t i = 0; i < nx; ++i) racc += wx[i] * static_cast<T>(run[i]);
-            } else {
-              for (int64_t i = 0; i < nx; ++i) racc += wx[i] * static_cast<T>(line[tx.index[i]]);
-            }
-            acc += ty.w[j] * racc;
-          }
-          dst[ch * plane_out] = static_cast<scalar_t>(acc);
-        }
+  AxisRun<T> rx(max_taps), ry(max_taps);
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t s = row / ho, r = row % ho;
+    const scalar_t* plane = in + s * c * h * w;
+    for (int64_t col = 0; col < wo; ++col) {
+      const int64_t p = row * wo + col;  // pixel index in [N, Ho, Wo]
+      scalar_t* dst = o + s * c * plane_out + r * wo + col;
+      const T ix = grid_unnormalize(static_cast<T>(grid[2 * p]), w, a.align_corners);
+      const T iy = grid_unnormalize(static_cast<T>(grid[2 * p + 1]), h, a.align_corners);
+      if (!(grid_finite(ix) && grid_finite(iy))) {  // undefined location: 0 by definition
+        for (int64_t ch = 0; ch < c; ++ch) dst[ch * plane_out] = scalar_t(0);
+        continue;
+      }
+      rx.template fill<false>(
+          grid_axis(ix, stretch[2 * p], w, T(cap), a.padding, a.align_corners, a.filter, false), w,
+          a.padding, a.align_corners);
+      ry.template fill<false>(
+          grid_axis(iy, stretch[2 * p + 1], h, T(cap), a.padding, a.align_corners, a.filter, false),
+          h, a.padding, a.align_corners);
+      if (rx.len == 0 || ry.len == 0) {  // every tap reads zero padding
+        for (int64_t ch = 0; ch < c; ++ch) dst[ch * plane_out] = scalar_t(0);
+      } else if (rx.len <= kLanes && w >= kLanes) {
+        forward_window<1>(rx, ry, plane, c, h, w, dst, plane_out);
+      } else if (rx.len <= 2 * kLanes && w >= 2 * kLanes) {
+        forward_window<2>(rx, ry, plane, c, h, w, dst, plane_out);
+      } else {
+        forward_run(rx, ry, plane, c, h, w, dst, plane_out);
       }
     }
-  });
+  }
 }
 
 template <typename scalar_t>
-void backward_impl(const GridSampleArgs& a, const at::Tensor& grad, at::Tensor& grad_input,
-                   at::Tensor& grad_grid) {
+void forward_impl(const GridSampleArgs& a, at::Tensor& out) {
+  const int64_t n = a.input.size(0), c = a.input.size(1);
+  const int64_t ho = a.grid.size(1), wo = a.grid.size(2);
+  scalar_t* o = out.mutable_data_ptr<scalar_t>();
+  // Chunks of at least ~kGrainValues output values: small calls stay on one thread.
+  const int64_t grain = std::max<int64_t>(1, kGrainValues / std::max<int64_t>(1, wo * c));
+  at::parallel_for(0, n * ho, grain,
+                   [&](int64_t begin, int64_t end) { forward_rows<scalar_t>(a, o, begin, end); });
+}
+
+// Backward of one pixel, every channel, x as a window of NB * kLanes pixels. With g the
+// output's gradient: d out / d ix = sum_x dwx sum_y wy v and d out / d iy = sum_x wx sum_y dwy v
+// go to gx, gy (times g, summed over channels); g wx wy goes to each input pixel's gradient.
+template <int64_t NB, typename scalar_t, typename T>
+LATENTX_INLINE void backward_window(const AxisRun<T>& rx, const AxisRun<T>& ry,
+                                    const scalar_t* in, const scalar_t* go, T* gin, int64_t c,
+                                    int64_t h, int64_t w, int64_t plane_out, T& gx, T& gy) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  const V zero = S::splat(T(0));
+  XWindow<NB, T> x;
+  x.template set<true>(rx, w);
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const T g = static_cast<T>(go[ch * plane_out]);
+    const int64_t offset = (ch * h + ry.start) * w + x.x0;
+    if (in) {
+      const scalar_t* p = in + offset;
+      V cw[NB], cd[NB];  // sum_y wy v and sum_y dwy v per window column
+      for (int64_t b = 0; b < NB; ++b) cw[b] = cd[b] = zero;
+      for (int64_t j = 0; j < ry.len; ++j, p += w) {
+        const T wy = ry.w[j], dwy = ry.dw[j];
+        for (int64_t b = 0; b < NB; ++b) {
+          const V v = S::load(p + b * kLanes);
+          cw[b] += wy * v;
+          cd[b] += dwy * v;
+        }
+      }
+      V bx = zero, by = zero;
+      for (int64_t b = 0; b < NB; ++b) {
+        bx += S::select(x.in[b], x.dw[b] * cw[b], zero);
+        by += S::select(x.in[b], x.w[b] * cd[b], zero);
+      }
+      gx += g * S::sum(bx);
+      gy += g * S::sum(by);
+    }
+    if (gin) {
+      T* line = gin + offset;
+      V gw[NB];  // g wx, 0 outside the run
+      for (int64_t b = 0; b < NB; ++b) gw[b] = S::select(x.in[b], g * x.w[b], zero);
+      for (int64_t j = 0; j < ry.len; ++j, line += w) {
+        const T wy = ry.w[j];
+        for (int64_t b = 0; b < NB; ++b)
+          S::store(line + b * kLanes, S::load(line + b * kLanes) + wy * gw[b]);
+      }
+    }
+  }
+}
+
+// The same for a run of any length.
+template <typename scalar_t, typename T>
+LATENTX_INLINE void backward_run(const AxisRun<T>& rx, const AxisRun<T>& ry, const scalar_t* in,
+                                 const scalar_t* go, T* gin, int64_t c, int64_t h, int64_t w,
+                                 int64_t plane_out, T& gx, T& gy) {
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const T g = static_cast<T>(go[ch * plane_out]);
+    const int64_t offset = (ch * h + ry.start) * w + rx.start;
+    if (in) {
+      const scalar_t* p = in + offset;
+      T bx = T(0), by = T(0);
+      for (int64_t j = 0; j < ry.len; ++j, p += w) {
+        T rw = T(0), rd = T(0);
+        for (int64_t i = 0; i < rx.len; ++i) {
+          const T v = static_cast<T>(p[i]);
+          rw += rx.w[i] * v;
+          rd += rx.dw[i] * v;
+        }
+        bx += ry.w[j] * rd;
+        by += ry.dw[j] * rw;
+      }
+      gx += g * bx;
+      gy += g * by;
+    }
+    if (gin) {
+      T* line = gin + offset;
+      for (int64_t j = 0; j < ry.len; ++j, line += w) {
+        const T gj = g * ry.w[j];
+        for (int64_t i = 0; i < rx.len; ++i) line[i] += gj * rx.w[i];
+      }
+    }
+  }
+}
+
+// Samples [begin, end). gin / gg null: that gradient is not wanted.
+template <typename scalar_t>
+LATENTX_CPU_MULTIVERSION void backward_samples(const GridSampleArgs& a, const scalar_t* go,
+                                               at::opmath_type<scalar_t>* gin, scalar_t* gg,
+                                               int64_t begin, int64_t end) {
   using T = at::opmath_type<scalar_t>;
-  const int64_t n = a.input.size(0), c = a.input.size(1), h = a.input.size(2), w = a.input.size(3);
+  const int64_t c = a.input.size(1), h = a.input.size(2), w = a.input.size(3);
   const int64_t ho = a.grid.size(1), wo = a.grid.size(2), plane_out = ho * wo;
   const int64_t cap = std::max(h, w), max_taps = grid_max_taps(cap);
   const T scale_x = T(grid_unnormalize_scale(w, a.align_corners));
@@ -132,57 +421,52 @@ void backward_impl(const GridSampleArgs& a, const at::Tensor& grad, at::Tensor& 
   const scalar_t* in = a.input.const_data_ptr<scalar_t>();
   const scalar_t* grid = a.grid.const_data_ptr<scalar_t>();
   const T* stretch = a.stretch.const_data_ptr<T>();
+  AxisRun<T> rx(max_taps), ry(max_taps);
+  for (int64_t s = begin; s < end; ++s) {
+    // The input is read only for the grid's gradient.
+    const scalar_t* plane = gg ? in + s * c * h * w : nullptr;
+    T* gplane = gin ? gin + s * c * h * w : nullptr;
+    for (int64_t q = 0; q < plane_out; ++q) {
+      const int64_t p = s * plane_out + q;  // pixel index in [N, Ho, Wo]
+      const T ix = grid_unnormalize(static_cast<T>(grid[2 * p]), w, a.align_corners);
+      const T iy = grid_unnormalize(static_cast<T>(grid[2 * p + 1]), h, a.align_corners);
+      if (!(grid_finite(ix) && grid_finite(iy))) continue;  // output 0: no gradient (zeroed)
+      rx.template fill<true>(
+          grid_axis(ix, stretch[2 * p], w, T(cap), a.padding, a.align_corners, a.filter, false), w,
+          a.padding, a.align_corners);
+      ry.template fill<true>(
+          grid_axis(iy, stretch[2 * p + 1], h, T(cap), a.padding, a.align_corners, a.filter, false),
+          h, a.padding, a.align_corners);
+      if (rx.len == 0 || ry.len == 0) continue;  // every tap reads zero padding
+      T gx = T(0), gy = T(0);
+      const scalar_t* gop = go + s * c * plane_out + q;
+      if (rx.len <= kLanes && w >= kLanes) {
+        backward_window<1>(rx, ry, plane, gop, gplane, c, h, w, plane_out, gx, gy);
+      } else if (rx.len <= 2 * kLanes && w >= 2 * kLanes) {
+        backward_window<2>(rx, ry, plane, gop, gplane, c, h, w, plane_out, gx, gy);
+      } else {
+        backward_run(rx, ry, plane, gop, gplane, c, h, w, plane_out, gx, gy);
+      }
+      if (gg) {
+        gg[2 * p] = static_cast<scalar_t>(gx * scale_x);
+        gg[2 * p + 1] = static_cast<scalar_t>(gy * scale_y);
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+void backward_impl(const GridSampleArgs& a, const at::Tensor& grad, at::Tensor& grad_input,
+                   at::Tensor& grad_grid) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t n = a.input.size(0), c = a.input.size(1);
+  const int64_t plane_out = a.grid.size(1) * a.grid.size(2);
   const scalar_t* go = grad.const_data_ptr<scalar_t>();
   T* gin = grad_input.defined() ? grad_input.mutable_data_ptr<T>() : nullptr;
   scalar_t* gg = grad_grid.defined() ? grad_grid.mutable_data_ptr<scalar_t>() : nullptr;
   const int64_t grain = std::max<int64_t>(1, kGrainValues / std::max<int64_t>(1, plane_out * c));
   at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
-    TapBuffer<T> tx(max_taps), ty(max_taps);
-    for (int64_t s = begin; s < end; ++s) {
-      for (int64_t q = 0; q < plane_out; ++q) {
-        const int64_t p = s * plane_out + q;  // pixel index in [N, Ho, Wo]
-        const T ix = grid_unnormalize(static_cast<T>(grid[2 * p]), w, a.align_corners);
-        const T iy = grid_unnormalize(static_cast<T>(grid[2 * p + 1]), h, a.align_corners);
-        if (!(grid_finite(ix) && grid_finite(iy))) continue;  // output 0: no gradient (zeroed)
-        tx.fill_backward(grid_axis(ix, stretch[2 * p], w, T(cap), a.padding, a.align_corners, a.filter),
-                         w, a.padding, a.align_corners);
-        ty.fill_backward(grid_axis(iy, stretch[2 * p + 1], h, T(cap), a.padding, a.align_corners, a.filter),
-                         h, a.padding, a.align_corners);
-        T gx = T(0), gy = T(0);
-        for (int64_t ch = 0; ch < c; ++ch) {
-          const T g = static_cast<T>(go[(s * c + ch) * plane_out + q]);
-          if (gg) {  // d out / d ix = sum_j w^y_j sum_i dw^x_i v_ij, and likewise for iy
-            const scalar_t* plane = in + (s * c + ch) * h * w;
-            T bx = T(0), by = T(0);
-            for (int64_t j = 0; j < ty.count; ++j) {
-              const scalar_t* line = plane + ty.index[j] * w;
-              T rw = T(0), rd = T(0);
-              for (int64_t i = 0; i < tx.count; ++i) {
-                const T v = static_cast<T>(line[tx.index[i]]);
-                rw += tx.w[i] * v;
-                rd += tx.dw[i] * v;
-              }
-              bx += ty.w[j] * rd;
-              by += ty.dw[j] * rw;
-            }
-            gx += g * bx;
-            gy += g * by;
-          }
-          if (gin) {
-            T* plane = gin + (s * c + ch) * h * w;
-            for (int64_t j = 0; j < ty.count; ++j) {
-              T* line = plane + ty.index[j] * w;
-              const T gj = g * ty.w[j];
-              for (int64_t i = 0; i < tx.count; ++i) line[tx.index[i]] += gj * tx.w[i];
-            }
-          }
-        }
-        if (gg) {
-          gg[2 * p] = static_cast<scalar_t>(gx * scale_x);
-          gg[2 * p + 1] = static_cast<scalar_t>(gy * scale_y);
-        }
-      }
-    }
+    backward_samples<scalar_t>(a, go, gin, gg, begin, end);
   });
 }
 
