@@ -17,6 +17,7 @@ from latentx.benchmarks import (
     bench_grid_sample,
     bench_ifgsm_step,
     bench_lpips,
+    bench_projection,
 )
 from latentx.benchmarks.timing import format_table
 
@@ -27,6 +28,7 @@ BENCHMARKS = {
     "lpips": bench_lpips,
     "grid_sample": bench_grid_sample,
     "advlat": bench_advlat,
+    "projection": bench_projection,
 }
 
 
