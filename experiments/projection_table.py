@@ -19,11 +19,12 @@ first, stage 1; the others use the identity: the whole frame resized to the gene
 and one ablation, Adam with φ₀ (the box-based start of the search) and no search.
 Columns: masked L1 / L2 / LPIPS in the photo frame (the seed's fair comparison: projections
 inverted to the photo, loss inside the mask), mean over seeds and best over seeds (each
-metric's minimum over the seeds), averaged over the targets; wall time and process CPU time per target (the CPU time is
-the comparable one when the machine is shared).
+metric's minimum over the seeds), averaged over the targets; wall time and process CPU time
+per target (the CPU time is the comparable one when the machine is shared).
 
-Budgets. ``--budget reduced`` (the recorded run, ~30 min on 2 cores) gives every method the
-same latent-stage budget of 150 generator evaluations per seed — Adam 150 steps, L-BFGS 150
+Budgets. ``--budget reduced`` (the recorded run: 32 synthetic + 8 real targets, 8 seeds,
+~30 min on 2 cores) gives every method the same latent-stage budget of 150 generator
+evaluations per seed — Adam 150 steps, L-BFGS 150
 iterations, CMA 150 generations (forward passes only), CMA+Adam 50 generations + 100 steps,
 BasinCMA 5 generations × 20 steps with the last 70 — and the transform rows 6 × 15 more for
 stage 1. ``--budget paper`` is the seed's Appendix A: Adam and L-BFGS 500, CMA 300,
@@ -32,8 +33,8 @@ CMA+Adam 100 + 500, BasinCMA 30 × 30 with the last 300, the transform 30 × 30,
 Progress is saved after every (group, row) to ``<out>/projection_table_partial.json``; a
 rerun with the same settings resumes from it.
 
-    python experiments/projection_table.py                         # the recorded run
-    python experiments/projection_table.py --budget paper --synthetic 32 --seeds 18
+    python experiments/projection_table.py                            # the recorded run
+    python experiments/projection_table.py --budget paper --seeds 18  # seed 003's budget
 """
 
 from __future__ import annotations
@@ -266,7 +267,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", choices=sorted(BUDGETS), default="reduced")
     p.add_argument("--seeds", type=int, default=8)
-    p.add_argument("--synthetic", type=int, default=16, help="synthetic targets (the issue: 32)")
+    p.add_argument("--synthetic", type=int, default=32, help="synthetic targets")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=int(os.environ.get("LATENTX_THREADS", torch.get_num_threads())))
     p.add_argument("--out", type=Path, default=HERE / "results")
@@ -279,6 +280,7 @@ def main() -> None:
     stem = "projection_table" if args.budget == "reduced" else f"projection_table_{args.budget}"
     write_json_atomic(args.out / f"{stem}.json", result)
     (args.out / f"{stem}.md").write_text(markdown(result))
+    (args.out / "projection_table_partial.json").unlink(missing_ok=True)  # complete: nothing to resume
     print(markdown(result))
     print(f"wrote {args.out / (stem + '.md')} ({result['total seconds'] / 60:.1f} min)")
 
