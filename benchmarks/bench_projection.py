@@ -147,7 +147,8 @@ def lpips_package_module(device: torch.device):
     if lpips is None:
         raise ImportError("bench_projection needs the `lpips` package (pip install --no-deps lpips)")
     ours, _ = _quiet(lambda: default_lpips("alex", device))
-    lp = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
+    # (torchvision warns that lpips passes its deprecated `pretrained` argument)
+    lp = _quiet(lambda: lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False))
     lp.load_state_dict(ours.state_dict())
     return lp.to(device).eval().requires_grad_(False)
 
@@ -354,7 +355,8 @@ def check_agreement(generator, lp_package, images: Tensor, boxes: list, *, seeds
 
 def _quiet(fn: Callable):
     # latentx warns once that its LPIPS backbone is random (no ImageNet checkpoint offline),
-    # LPIPS that brightness-shifted images leave [-1, 1], pycma about its options.
+    # LPIPS that brightness-shifted images leave [-1, 1], pycma about its options,
+    # torchvision about lpips' use of `pretrained`.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return fn()
