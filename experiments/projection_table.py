@@ -194,7 +194,8 @@ def summarise(res, seconds: float, cpu_seconds: float, phi_true=None) -> dict:
 
 # --- the run ------------------------------------------------------------------------------------
 
-def settings_for(budget: str, method: str, transform: bool, seeds: int) -> dict:
+def settings_for(budget: str, method: str, transform, seeds: int) -> dict:
+    """project()'s keyword arguments for a row (``transform``: True, False or "init")."""
     b = BUDGETS[budget]
     kw = dict(b[method], seeds=seeds)
     if transform is True:
@@ -243,8 +244,9 @@ def markdown(result: dict) -> str:
                 "CPU seconds per target"]
         if group == "synthetic":
             cols += ["corner px", "|dγ|"]
+        header = [c.replace("|dγ|", "mean abs dγ") for c in cols]  # a bare | would split the cell
         lines += [f"### ({'a' if group == 'synthetic' else 'b'}) {group} targets", "",
-                  "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+                  "| method | " + " | ".join(header) + " |", "|---|" + "---|" * len(cols)]
         rows = {k.split(" | ", 1)[1]: v for k, v in result["rows"].items() if k.startswith(group + " |")}
         best = {c: min(r[c] for r in rows.values()) for c in cols if "seconds" not in c}
         for name, _, _ in ROWS:
