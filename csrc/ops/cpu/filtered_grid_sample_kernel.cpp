@@ -271,6 +271,25 @@ LATENTX_INLINE void forward_run(const AxisRun<T>& rx, const AxisRun<T>& ry, cons
   }
 }
 
+// The x and y tap runs of output pixel p (index in [N, Ho, Wo]); false where its grid location
+// is not finite (the runs are then left as they were).
+template <bool kGrad, typename scalar_t, typename T>
+LATENTX_INLINE bool pixel_runs(const GridSampleArgs& a, const scalar_t* grid, const T* stretch,
+                               int64_t p, AxisRun<T>& rx, AxisRun<T>& ry) {
+  const int64_t h = a.input.size(2), w = a.input.size(3);
+  const T cap = T(std::max(h, w));
+  const T ix = grid_unnormalize(static_cast<T>(grid[2 * p]), w, a.align_corners);
+  const T iy = grid_unnormalize(static_cast<T>(grid[2 * p + 1]), h, a.align_corners);
+  if (!(grid_finite(ix) && grid_finite(iy))) return false;
+  rx.template fill<kGrad>(
+      grid_axis(ix, stretch[2 * p], w, cap, a.padding, a.align_corners, a.filter, false), w,
+      a.padding, a.align_corners);
+  ry.template fill<kGrad>(
+      grid_axis(iy, stretch[2 * p + 1], h, cap, a.padding, a.align_corners, a.filter, false), h,
+      a.padding, a.align_corners);
+  return true;
+}
+
 // Output rows [begin, end) of [N * Ho].
 template <typename scalar_t>
 LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o, int64_t begin,
@@ -278,7 +297,7 @@ LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o,
   using T = at::opmath_type<scalar_t>;
   const int64_t c = a.input.size(1), h = a.input.size(2), w = a.input.size(3);
   const int64_t ho = a.grid.size(1), wo = a.grid.size(2), plane_out = ho * wo;
-  const int64_t cap = std::max(h, w), max_taps = grid_max_taps(cap);
+  const int64_t max_taps = grid_max_taps(std::max(h, w));
   const scalar_t* in = a.input.const_data_ptr<scalar_t>();
   const scalar_t* grid = a.grid.const_data_ptr<scalar_t>();
   const T* stretch = a.stretch.const_data_ptr<T>();
@@ -289,18 +308,10 @@ LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o,
     for (int64_t col = 0; col < wo; ++col) {
       const int64_t p = row * wo + col;  // pixel index in [N, Ho, Wo]
       scalar_t* dst = o + s * c * plane_out + r * wo + col;
-      const T ix = grid_unnormalize(static_cast<T>(grid[2 * p]), w, a.align_corners);
-      const T iy = grid_unnormalize(static_cast<T>(grid[2 * p + 1]), h, a.align_corners);
-      if (!(grid_finite(ix) && grid_finite(iy))) {  // undefined location: 0 by definition
+      if (!pixel_runs<false>(a, grid, stretch, p, rx, ry)) {  // undefined location: 0 by definition
         for (int64_t ch = 0; ch < c; ++ch) dst[ch * plane_out] = scalar_t(0);
         continue;
       }
-      rx.template fill<false>(
-          grid_axis(ix, stretch[2 * p], w, T(cap), a.padding, a.align_corners, a.filter, false), w,
-          a.padding, a.align_corners);
-      ry.template fill<false>(
-          grid_axis(iy, stretch[2 * p + 1], h, T(cap), a.padding, a.align_corners, a.filter, false),
-          h, a.padding, a.align_corners);
       if (rx.len == 0 || ry.len == 0) {  // every tap reads zero padding
         for (int64_t ch = 0; ch < c; ++ch) dst[ch * plane_out] = scalar_t(0);
       } else if (rx.len <= kLanes && w >= kLanes) {
@@ -415,7 +426,7 @@ LATENTX_CPU_MULTIVERSION void backward_samples(const GridSampleArgs& a, const sc
   using T = at::opmath_type<scalar_t>;
   const int64_t c = a.input.size(1), h = a.input.size(2), w = a.input.size(3);
   const int64_t ho = a.grid.size(1), wo = a.grid.size(2), plane_out = ho * wo;
-  const int64_t cap = std::max(h, w), max_taps = grid_max_taps(cap);
+  const int64_t max_taps = grid_max_taps(std::max(h, w));
   const T scale_x = T(grid_unnormalize_scale(w, a.align_corners));
   const T scale_y = T(grid_unnormalize_scale(h, a.align_corners));
   const scalar_t* in = a.input.const_data_ptr<scalar_t>();
@@ -428,15 +439,8 @@ LATENTX_CPU_MULTIVERSION void backward_samples(const GridSampleArgs& a, const sc
     T* gplane = gin ? gin + s * c * h * w : nullptr;
     for (int64_t q = 0; q < plane_out; ++q) {
       const int64_t p = s * plane_out + q;  // pixel index in [N, Ho, Wo]
-      const T ix = grid_unnormalize(static_cast<T>(grid[2 * p]), w, a.align_corners);
-      const T iy = grid_unnormalize(static_cast<T>(grid[2 * p + 1]), h, a.align_corners);
-      if (!(grid_finite(ix) && grid_finite(iy))) continue;  // output 0: no gradient (zeroed)
-      rx.template fill<true>(
-          grid_axis(ix, stretch[2 * p], w, T(cap), a.padding, a.align_corners, a.filter, false), w,
-          a.padding, a.align_corners);
-      ry.template fill<true>(
-          grid_axis(iy, stretch[2 * p + 1], h, T(cap), a.padding, a.align_corners, a.filter, false),
-          h, a.padding, a.align_corners);
+      // Not finite: the output is 0 and has no gradient (zeroed).
+      if (!pixel_runs<true>(a, grid, stretch, p, rx, ry)) continue;
       if (rx.len == 0 || ry.len == 0) continue;  // every tap reads zero padding
       T gx = T(0), gy = T(0);
       const scalar_t* gop = go + s * c * plane_out + q;
