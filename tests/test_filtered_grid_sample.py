@@ -52,21 +52,27 @@ def psnr(a, b):
 @pytest.mark.parametrize("dtype", list(TOL), ids=str)
 @pytest.mark.parametrize("filt", FILTERS)
 def test_forward_matches_reference(device, dtype, filt):
+    # Small images, and larger ones where the CPU forward's fast path (taps inside the image, runs
+    # no longer than its windows) takes most pixels and AxisRun the rest (edges, long runs).
     for (n, c, h, w, ho, wo), scale in [((2, 3, 13, 17, 7, 9), 2.5), ((1, 2, 9, 5, 11, 4), 0.7),
-                                        ((3, 1, 1, 6, 2, 3), 1.5)]:
+                                        ((3, 1, 1, 6, 2, 3), 1.5), ((1, 3, 40, 53, 16, 20), 1.0),
+                                        ((1, 1, 44, 70, 5, 7), 1.0)]:
         x = torch.randn(n, c, h, w, dtype=torch.float64, device=device)
         grid = warp_grid(n, ho, wo, scale=scale, device=device)
         for padding in PADDINGS:
             for align in (False, True):
                 kw = dict(padding_mode=padding, filter=filt, align_corners=align)
-                # The reference runs in float64 on the low-precision inputs' values, with the
+                # The reference runs on the half inputs' values in float64 (float32 and float64:
+                # in their dtype, which rounds the pixel coordinates the same way; on a 90-pixel
+                # row float32's rounding of them alone is ~1e-5 of the image's range), with the
                 # footprint the native call estimates (from the low-precision grid): a float64
                 # estimate can land on the other side of the s = 1 rounding threshold (1e-4
                 # for float32, 1e-9 for float64) and change the filter by more than rounding.
                 xd, gd = x.to(dtype), grid.to(dtype)
                 stretch = reference.grid_stretch(gd, h, w, align)
-                expected = ops.filtered_grid_sample(xd.double(), gd.double(), **kw, stretch=stretch.double(),
-                                                    impl="reference")
+                ref_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float64
+                expected = ops.filtered_grid_sample(xd.to(ref_dtype), gd.to(ref_dtype), **kw,
+                                                    stretch=stretch.to(ref_dtype), impl="reference").double()
                 got = ops.filtered_grid_sample(xd, gd, **kw, impl="native")
                 assert got.dtype == dtype and got.shape == (n, c, ho, wo)
                 torch.testing.assert_close(got.double(), expected, **TOL[dtype])

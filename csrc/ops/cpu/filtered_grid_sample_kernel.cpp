@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -36,8 +37,9 @@ namespace {
 
 // Output values (each a sum over at least 4 taps) per parallel chunk.
 constexpr int64_t kGrainValues = 4096;
-// Lanes of the vectors (one AVX2 vector of float): pixels per block of the x window (windows
-// of 1 or 2 blocks), taps per block of weights.
+// Lanes of the vectors (one AVX2 vector of float): pixels per block of the x window
+// (windows of 1 or 2 blocks), taps per block of weights, output pixels per group of the
+// forward's fast path.
 constexpr int64_t kLanes = 8;
 // Zero weights kept on both sides of a run, so that a window holding it can read them.
 constexpr int64_t kPad = 2 * kLanes;
@@ -73,14 +75,32 @@ struct Simd {
   }
   static LATENTX_INLINE void store(T* p, V v) { std::memcpy(p, &v, sizeof v); }
   static LATENTX_INLINE V select(M m, V a, V b) { return m ? a : b; }
-  // Sum of the lanes, pairwise.
+  // Sum of the lanes, pairwise (lane l plus lane l + 4, then + 2, + 1), in registers.
   static LATENTX_INLINE T sum(V v) {
-    T t[kLanes];
-    std::memcpy(t, &v, sizeof v);
-    for (int64_t h = kLanes / 2; h >= 1; h /= 2)
-#pragma GCC unroll 8
-      for (int64_t l = 0; l < h; ++l) t[l] += t[l + h];
-    return t[0];
+    static_assert(kLanes == 8, "the shuffles below are written for 8 lanes");
+    v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 4, 5, 6, 7);
+    v += __builtin_shufflevector(v, v, 2, 3, 2, 3, 2, 3, 2, 3);
+    v += __builtin_shufflevector(v, v, 1, 1, 1, 1, 1, 1, 1, 1);
+    return v[0];
+  }
+  static LATENTX_INLINE T max(V v) {
+    T m = v[0];
+    for (int64_t l = 1; l < kLanes; ++l) m = v[l] > m ? v[l] : m;
+    return m;
+  }
+  static LATENTX_INLINE bool any(M m) {
+    bool a = false;
+    for (int64_t l = 0; l < kLanes; ++l) a |= m[l] != 0;
+    return a;
+  }
+  // floor and ceil of values within the integer type's range (input pixel coordinates).
+  static LATENTX_INLINE V floor(V x) {
+    const V t = __builtin_convertvector(__builtin_convertvector(x, M), V);
+    return select(t > x, t - T(1), t);
+  }
+  static LATENTX_INLINE V ceil(V x) {
+    const V t = __builtin_convertvector(__builtin_convertvector(x, M), V);
+    return select(t < x, t + T(1), t);
   }
 };
 
@@ -208,6 +228,19 @@ class AxisRun {
   std::vector<T> raw_, fold_;  // weights then derivatives, each [kPad | taps | kPad]
 };
 
+// Unnormalised weights at distances d (inside the support): the Gaussian where inv_two_var > 0,
+// else the tent (bilinear at inv_s = 1), as AxisRun::tap_block computes them.
+template <typename T>
+LATENTX_INLINE typename Simd<T>::V tap_weights(typename Simd<T>::V d, T inv_s, T inv_two_var) {
+  using S = Simd<T>;
+  if (inv_two_var > T(0)) {
+    typename S::V e;
+    for (int64_t l = 0; l < kLanes; ++l) e[l] = std::exp(-d[l] * d[l] * inv_two_var);
+    return e;
+  }
+  return T(1) - S::select(d <= T(0), -d, d) * inv_s;
+}
+
 // The x run as a window of NB * kLanes pixels x0 .. inside the row (run.len <= the window's
 // width <= the row's): its weights (0 outside the run) and which lanes hold the run. Pixels
 // outside the run are masked out rather than weighted by 0, so an Inf or NaN there changes
@@ -229,29 +262,38 @@ struct XWindow {
       in[b] = (lane >= T(0)) & (lane < static_cast<T>(r.len));
     }
   }
+  // The same from the weights' formula (tap_weights) at the window's pixels, for a run
+  // start .. start + len - 1 of an axis at `coord` (the forward's fast path).
+  LATENTX_INLINE void set(int64_t start, int64_t len, T coord, T inv_s, T inv_two_var,
+                          int64_t width) {
+    x0 = std::min(start, width - NB * kLanes);
+    for (int64_t b = 0; b < NB; ++b) {
+      const typename S::V px = S::splat(static_cast<T>(x0 + b * kLanes)) + S::iota();
+      in[b] = (px >= static_cast<T>(start)) & (px < static_cast<T>(start + len));
+      w[b] = S::select(in[b], tap_weights(px - coord, inv_s, inv_two_var), S::splat(T(0)));
+    }
+  }
 };
 
-// One pixel, every channel, x as a window of NB * kLanes pixels: out = sum_x wx sum_y wy v.
+// One pixel, every channel, x as a window of NB * kLanes pixels, y as the rows y0 .. y0 + ny - 1
+// with weights wy: out = scale sum_x wx sum_y wy v.
 template <int64_t NB, typename scalar_t, typename T>
-LATENTX_INLINE void forward_window(const AxisRun<T>& rx, const AxisRun<T>& ry, const scalar_t* in,
-                                   int64_t c, int64_t h, int64_t w, scalar_t* dst,
-                                   int64_t plane_out) {
+LATENTX_INLINE void forward_window(const XWindow<NB, T>& x, const T* wy, int64_t y0, int64_t ny,
+                                   T scale, const scalar_t* in, int64_t c, int64_t h, int64_t w,
+                                   scalar_t* dst, int64_t plane_out) {
   using S = Simd<T>;
   using V = typename S::V;
-  XWindow<NB, T> x;
-  x.template set<false>(rx, w);
   for (int64_t ch = 0; ch < c; ++ch) {
-    const scalar_t* p = in + (ch * h + ry.start) * w + x.x0;
+    const scalar_t* p = in + (ch * h + y0) * w + x.x0;
     V col[NB];
     for (int64_t b = 0; b < NB; ++b) col[b] = S::splat(T(0));
-    for (int64_t j = 0; j < ry.len; ++j, p += w) {
-      const T wy = ry.w[j];
-      for (int64_t b = 0; b < NB; ++b) col[b] += wy * S::load(p + b * kLanes);
-      __builtin_prefetch(p + NB * kLanes + 32);
+    for (int64_t j = 0; j < ny; ++j, p += w) {
+      const T wj = wy[j];
+      for (int64_t b = 0; b < NB; ++b) col[b] += wj * S::load(p + b * kLanes);
     }
     V acc = S::splat(T(0));
     for (int64_t b = 0; b < NB; ++b) acc += S::select(x.in[b], x.w[b] * col[b], S::splat(T(0)));
-    dst[ch * plane_out] = static_cast<scalar_t>(S::sum(acc));
+    dst[ch * plane_out] = static_cast<scalar_t>(S::sum(acc) * scale);
   }
 }
 
@@ -269,6 +311,163 @@ LATENTX_INLINE void forward_run(const AxisRun<T>& rx, const AxisRun<T>& ry, cons
     }
     dst[ch * plane_out] = static_cast<scalar_t>(acc);
   }
+}
+
+// --- The forward's fast path --------------------------------------------------------------------
+// For the output pixels whose taps all lie inside the image (most of them), phase 1 finds each
+// axis's run of taps with non-zero weight and 1 / (sum of the weights) for kLanes pixels of a
+// row at once, one pixel per lane: what grid_axis and AxisRun::fill do for one pixel, without
+// their horizontal sums, divisions per pixel and branches. Phase 2 reads each pixel's window
+// with the weights recomputed at its pixels (XWindow::set) and scales the channels' sums by
+// the two normalisers once, instead of normalising every weight. The other pixels (runs that
+// cross an edge or outrun the windows) take AxisRun.
+
+// One output row's runs, per pixel (kLanes-padded arrays).
+template <typename T>
+struct RowRuns {
+  // One axis: coordinate (reduced as grid_axis does), 1 / s, 1 / (2 sigma^2) (0: tent), and the
+  // run start .. start + len - 1 (len 0: the location is not finite). Integers held as T.
+  struct Axis {
+    std::vector<T> coord, inv_s, inv_two_var, start, len;
+    explicit Axis(int64_t n) : coord(n), inv_s(n), inv_two_var(n), start(n), len(n) {}
+  };
+  Axis x, y;
+  std::vector<T> scale;  // 1 / (sum wx sum wy); 1 where neither axis is normalised (s = 1)
+
+  explicit RowRuns(int64_t wo)
+      : x(round_up(wo, kLanes)), y(round_up(wo, kLanes)), scale(round_up(wo, kLanes)) {}
+};
+
+// The weights of taps first + k, k < count, of kLanes pixels: their sums, and the first and last
+// k (-1: none) with a non-zero weight. Without kGaussian, every lane's filter is the tent.
+template <bool kGaussian, typename T, typename V = typename Simd<T>::V,
+          typename M = typename Simd<T>::M>
+LATENTX_INLINE void tap_sums(V first, V coord, V radius, V inv_s, V inv_two_var, M gaussian,
+                             int64_t count, V& sum, V& k0, V& k1) {
+  using S = Simd<T>;
+  const V zero = S::splat(T(0));
+  for (int64_t k = 0; k < count; ++k) {
+    const V tap = S::splat(T(k));
+    const V d = (first + tap) - coord;
+    V w = T(1) - S::select(d <= T(0), -d, d) * inv_s;
+    if (kGaussian) {
+      V e;
+      for (int64_t l = 0; l < kLanes; ++l) e[l] = std::exp(-d[l] * d[l] * inv_two_var[l]);
+      w = S::select(gaussian, e, w);
+    }
+    w = S::select((d > -radius) & (d <= radius), w, zero);
+    sum += w;
+    const M used = w != zero;
+    k0 = S::select(used & (k0 < zero), tap, k0);
+    k1 = S::select(used, tap, k1);
+  }
+}
+
+// Phase 1, one axis of kLanes pixels at input pixel coordinates `coord` (non-finite: no run)
+// with footprints `stretch`, stored at `at`; returns 1 / sum(w) (1 where s = 1). Follows
+// grid_axis and AxisRun::fill lane by lane.
+template <typename T>
+LATENTX_INLINE typename Simd<T>::V axis_runs(typename Simd<T>::V coord,
+                                             typename Simd<T>::V stretch, int64_t size, T cap,
+                                             int64_t padding, bool align, int64_t filter,
+                                             typename RowRuns<T>::Axis& out, int64_t at) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  using M = typename S::M;
+  const V zero = S::splat(T(0)), one = S::splat(T(1));
+  const M finite = (coord - coord) == zero;
+  coord = S::select(finite, coord, zero);
+  V s = S::select(stretch > one, stretch, one);  // NaN: 1
+  s = S::select(s > cap, S::splat(cap), s);
+  if (filter == kGridFilterNone) s = one;
+  const V inv_s = one / s;
+  const M gaussian = filter == kGridFilterGaussian ? M(s > one) : M{};
+  const V radius = S::select(gaussian, s * T(kGaussianRadiusPerStretch), s);
+  const V sigma = s * T(0.5);
+  const V inv_two_var = S::select(gaussian, one / (T(2) * sigma * sigma), zero);
+  const V reach = S::ceil(radius);
+  if (padding == kGridPadReflection && (size > 1 || !align)) {
+    const T period = T(align ? 2 * (size - 1) : 2 * size);
+    const M far = ((coord > -period) & (coord < period)) == M{};
+    if (S::any(far))
+      for (int64_t l = 0; l < kLanes; ++l)
+        if (far[l]) coord[l] = std::fmod(coord[l], period);
+  } else {
+    const V lo = -(reach + T(2)), hi = T(size - 1) + reach + T(2);
+    coord = S::select(coord < lo, lo, S::select(coord > hi, hi, coord));
+  }
+  const V first = S::floor(coord) - reach + one;
+  const int64_t count = static_cast<int64_t>(S::max(S::select(finite, T(2) * reach, zero)));
+  V sum = zero, k0 = S::splat(T(-1)), k1 = k0;
+  if (S::any(gaussian))
+    tap_sums<true, T>(first, coord, radius, inv_s, inv_two_var, gaussian, count, sum, k0, k1);
+  else
+    tap_sums<false, T>(first, coord, radius, inv_s, inv_two_var, gaussian, count, sum, k0, k1);
+  S::store(out.coord.data() + at, coord);
+  S::store(out.inv_s.data() + at, inv_s);
+  S::store(out.inv_two_var.data() + at, inv_two_var);
+  S::store(out.start.data() + at, first + k0);
+  S::store(out.len.data() + at, S::select(k0 >= zero, k1 - k0 + one, zero));
+  return S::select(s > one, one / sum, one);
+}
+
+// Phase 1 of output row `row` of [N * Ho].
+template <typename scalar_t, typename T>
+LATENTX_INLINE void plan_row(const GridSampleArgs& a, const scalar_t* grid, const T* stretch,
+                             int64_t row, RowRuns<T>& runs) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  const int64_t h = a.input.size(2), w = a.input.size(3), wo = a.grid.size(2);
+  const T cap = T(std::max(h, w));
+  const bool align = a.align_corners;
+  for (int64_t c0 = 0; c0 < wo; c0 += kLanes) {
+    V gx, gy, sx, sy;
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const int64_t p = row * wo + std::min(c0 + l, wo - 1);  // lanes past the row: a copy
+      gx[l] = static_cast<T>(grid[2 * p]);
+      gy[l] = static_cast<T>(grid[2 * p + 1]);
+      sx[l] = stretch[2 * p];
+      sy[l] = stretch[2 * p + 1];
+    }
+    // grid_unnormalize, lane by lane.
+    const V ix = align ? (gx + T(1)) / T(2) * T(w - 1) : ((gx + T(1)) * T(w) - T(1)) / T(2);
+    const V iy = align ? (gy + T(1)) / T(2) * T(h - 1) : ((gy + T(1)) * T(h) - T(1)) / T(2);
+    const V nx = axis_runs(ix, sx, w, cap, a.padding, align, a.filter, runs.x, c0);
+    const V ny = axis_runs(iy, sy, h, cap, a.padding, align, a.filter, runs.y, c0);
+    S::store(runs.scale.data() + c0, nx * ny);
+  }
+}
+
+// Phase 2 for pixel `col` of a planned row; false where it takes AxisRun instead.
+template <typename scalar_t, typename T>
+LATENTX_INLINE bool forward_fast(const RowRuns<T>& runs, int64_t col, const scalar_t* in,
+                                 int64_t c, int64_t h, int64_t w, scalar_t* dst,
+                                 int64_t plane_out) {
+  using S = Simd<T>;
+  const auto& rx = runs.x;
+  const auto& ry = runs.y;
+  const int64_t x0 = static_cast<int64_t>(rx.start[col]), nx = static_cast<int64_t>(rx.len[col]);
+  const int64_t y0 = static_cast<int64_t>(ry.start[col]), ny = static_cast<int64_t>(ry.len[col]);
+  if (nx == 0 || ny == 0 || x0 < 0 || x0 + nx > w || y0 < 0 || y0 + ny > h || ny > 2 * kLanes)
+    return false;
+  T wy[2 * kLanes];
+  for (int64_t b = 0; b * kLanes < ny; ++b) {
+    const typename S::V py = S::splat(static_cast<T>(y0 + b * kLanes)) + S::iota();
+    S::store(wy + b * kLanes, tap_weights(py - ry.coord[col], ry.inv_s[col], ry.inv_two_var[col]));
+  }
+  if (nx <= kLanes && w >= kLanes) {
+    XWindow<1, T> xw;
+    xw.set(x0, nx, rx.coord[col], rx.inv_s[col], rx.inv_two_var[col], w);
+    forward_window<1>(xw, wy, y0, ny, runs.scale[col], in, c, h, w, dst, plane_out);
+    return true;
+  }
+  if (nx <= 2 * kLanes && w >= 2 * kLanes) {
+    XWindow<2, T> xw;
+    xw.set(x0, nx, rx.coord[col], rx.inv_s[col], rx.inv_two_var[col], w);
+    forward_window<2>(xw, wy, y0, ny, runs.scale[col], in, c, h, w, dst, plane_out);
+    return true;
+  }
+  return false;
 }
 
 // The x and y tap runs of output pixel p (index in [N, Ho, Wo]); false where its grid location
@@ -302,12 +501,15 @@ LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o,
   const scalar_t* grid = a.grid.const_data_ptr<scalar_t>();
   const T* stretch = a.stretch.const_data_ptr<T>();
   AxisRun<T> rx(max_taps), ry(max_taps);
+  RowRuns<T> runs(wo);
   for (int64_t row = begin; row < end; ++row) {
     const int64_t s = row / ho, r = row % ho;
     const scalar_t* plane = in + s * c * h * w;
+    plan_row(a, grid, stretch, row, runs);
     for (int64_t col = 0; col < wo; ++col) {
       const int64_t p = row * wo + col;  // pixel index in [N, Ho, Wo]
       scalar_t* dst = o + s * c * plane_out + r * wo + col;
+      if (forward_fast(runs, col, plane, c, h, w, dst, plane_out)) continue;
       if (!pixel_runs<false>(a, grid, stretch, p, rx, ry)) {  // undefined location: 0 by definition
         for (int64_t ch = 0; ch < c; ++ch) dst[ch * plane_out] = scalar_t(0);
         continue;
@@ -315,9 +517,13 @@ LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o,
       if (rx.len == 0 || ry.len == 0) {  // every tap reads zero padding
         for (int64_t ch = 0; ch < c; ++ch) dst[ch * plane_out] = scalar_t(0);
       } else if (rx.len <= kLanes && w >= kLanes) {
-        forward_window<1>(rx, ry, plane, c, h, w, dst, plane_out);
+        XWindow<1, T> xw;
+        xw.template set<false>(rx, w);
+        forward_window<1>(xw, ry.w, ry.start, ry.len, T(1), plane, c, h, w, dst, plane_out);
       } else if (rx.len <= 2 * kLanes && w >= 2 * kLanes) {
-        forward_window<2>(rx, ry, plane, c, h, w, dst, plane_out);
+        XWindow<2, T> xw;
+        xw.template set<false>(rx, w);
+        forward_window<2>(xw, ry.w, ry.start, ry.len, T(1), plane, c, h, w, dst, plane_out);
       } else {
         forward_run(rx, ry, plane, c, h, w, dst, plane_out);
       }
