@@ -49,15 +49,15 @@ TORCH_LIBRARY(latentx, m) {
       "Tensor? mask, bool spatial, bool needs_grad0, bool needs_grad1) -> (Tensor, Tensor)");
 
   // Grid sample with low-pass filtering (SPEC A4). input [N,C,H,W], grid [N,Ho,Wo,2] in
-  // [-1,1], stretch [N,Ho,Wo,2] = footprint (s_x, s_y) in input pixels (held constant);
-  // padding_mode 0 zeros / 1 border / 2 reflection; filter 0 none / 1 tent / 2 gaussian
-  // -> [N,C,Ho,Wo].
+  // [-1,1], stretch [N,Ho,Wo,2] = footprint (s_x, s_y) in input pixels (held constant), or
+  // None: estimated from the grid (reference.grid_stretch); padding_mode 0 zeros / 1 border /
+  // 2 reflection; filter 0 none / 1 tent / 2 gaussian -> [N,C,Ho,Wo].
   m.def(
-      "filtered_grid_sample(Tensor input, Tensor grid, Tensor stretch, int padding_mode, "
+      "filtered_grid_sample(Tensor input, Tensor grid, Tensor? stretch, int padding_mode, "
       "bool align_corners, int filter) -> Tensor");
   // Gradients w.r.t. input and grid; one not asked for comes back as an empty [0] tensor.
   m.def(
-      "filtered_grid_sample_backward(Tensor grad, Tensor input, Tensor grid, Tensor stretch, "
+      "filtered_grid_sample_backward(Tensor grad, Tensor input, Tensor grid, Tensor? stretch, "
       "int padding_mode, bool align_corners, int filter, bool needs_input_grad, "
       "bool needs_grid_grad) -> (Tensor, Tensor)");
 }

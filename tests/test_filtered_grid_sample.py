@@ -347,8 +347,43 @@ def test_opcheck(device):
         x = torch.randn(2, 3, 9, 8, device=device, requires_grad=True)
         grid = warp_grid(2, 5, 4, scale=2.0, dtype=torch.float32, device=device).requires_grad_()
         stretch = reference.grid_stretch(grid, 9, 8, False)
-        torch.library.opcheck(torch.ops.latentx.filtered_grid_sample.default,
-                              (x, grid, stretch, padding, False, filt))
+        for s in (stretch, None):  # given, or estimated by the kernels
+            torch.library.opcheck(torch.ops.latentx.filtered_grid_sample.default,
+                                  (x, grid, s, padding, False, filt))
+
+
+@needs_native
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", list(TOL), ids=str)
+def test_kernels_estimate_the_stretch_as_the_reference(device, dtype):
+    """Without a stretch the kernels estimate it per pixel (grid_stretch_at): the same outputs
+    and gradients as with reference.grid_stretch's passed in, at a NaN location, on an axis of
+    length 1, at footprints within rounding of an integer (snapped) and capped ones.
+
+    The two estimates may differ in the last bit (the kernels' arithmetic may fuse multiply-adds),
+    which moves the Gaussian's truncation at 3 sigma past a tap only where a tap lies exactly
+    on it: on the exact resize's dyadic coordinates. That case runs the continuous filters."""
+    resize = F.affine_grid(torch.eye(2, 3, dtype=torch.float64)[None].repeat(2, 1, 1), [2, 1, 16, 12],
+                           align_corners=False)  # 64 -> 16 x 12: footprints 4 and 16/3
+    cases = [(64, 64, resize, ["none", "tent"]), (40, 53, warp_grid(2, 9, 11, scale=1.3), FILTERS),
+             (30, 30, warp_grid(2, 1, 7, scale=1.0), FILTERS), (20, 24, warp_grid(2, 5, 6, scale=40.0), FILTERS)]
+    for h, w, grid, filters in cases:
+        grid = grid.clone()
+        grid[0, 0, 1] = float("nan")
+        x = torch.randn(2, 3, h, w, dtype=dtype, device=device, requires_grad=True)
+        g = grid.to(dtype=dtype, device=device).requires_grad_()
+        for align in (False, True):
+            given = reference.grid_stretch(g, h, w, align)
+            for filt in filters:
+                kw = dict(padding_mode="reflection", filter=filt, align_corners=align, impl="native")
+                upstream = torch.randn(2, 3, *grid.shape[1:3], dtype=dtype, device=device)
+                out_given = ops.filtered_grid_sample(x, g, stretch=given, **kw)
+                out_estimated = ops.filtered_grid_sample(x, g, **kw)
+                torch.testing.assert_close(out_estimated, out_given, **TOL[dtype])
+                grads_given = torch.autograd.grad(out_given, (x, g), upstream)
+                grads_estimated = torch.autograd.grad(out_estimated, (x, g), upstream)
+                for a, b in zip(grads_estimated, grads_given):
+                    torch.testing.assert_close(a, b, **TOL[dtype])
 
 
 @needs_native

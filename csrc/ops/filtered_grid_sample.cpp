@@ -10,8 +10,9 @@
 namespace latentx {
 
 GridSampleArgs prepare_filtered_grid_sample(const at::Tensor& input, const at::Tensor& grid,
-                                            const at::Tensor& stretch, int64_t padding_mode,
-                                            bool align_corners, int64_t filter) {
+                                            const std::optional<at::Tensor>& stretch,
+                                            int64_t padding_mode, bool align_corners,
+                                            int64_t filter) {
   constexpr const char* op = "filtered_grid_sample";
   check_float(op, "input", input);
   TORCH_CHECK_VALUE(input.dim() == 4, op, ": input must be [N, C, H, W], got shape ",
@@ -29,12 +30,14 @@ GridSampleArgs prepare_filtered_grid_sample(const at::Tensor& input, const at::T
   TORCH_CHECK_VALUE(grid.dim() == 4 && grid.size(0) == n && grid.size(3) == 2, op,
                     ": grid must be [", n, ", Ho, Wo, 2] (x, y in [-1, 1]), got shape ",
                     grid.sizes());
-  check_float(op, "stretch", stretch);
-  TORCH_CHECK_VALUE(stretch.device() == input.device(), op,
-                    ": stretch must be on the same device as input (", input.device(), "), got ",
-                    stretch.device());
-  TORCH_CHECK_VALUE(stretch.sizes() == grid.sizes(), op, ": stretch must have grid's shape ",
-                    grid.sizes(), ", got ", stretch.sizes());
+  if (stretch.has_value()) {
+    check_float(op, "stretch", *stretch);
+    TORCH_CHECK_VALUE(stretch->device() == input.device(), op,
+                      ": stretch must be on the same device as input (", input.device(),
+                      "), got ", stretch->device());
+    TORCH_CHECK_VALUE(stretch->sizes() == grid.sizes(), op, ": stretch must have grid's shape ",
+                      grid.sizes(), ", got ", stretch->sizes());
+  }
   TORCH_CHECK_VALUE(padding_mode == kGridPadZeros || padding_mode == kGridPadBorder ||
                         padding_mode == kGridPadReflection,
                     op, ": padding_mode must be 0 (zeros), 1 (border) or 2 (reflection), got ",
@@ -46,7 +49,7 @@ GridSampleArgs prepare_filtered_grid_sample(const at::Tensor& input, const at::T
   GridSampleArgs a;
   a.input = input.contiguous();
   a.grid = grid.contiguous();
-  a.stretch = stretch.to(opmath).contiguous();
+  if (stretch.has_value()) a.stretch = stretch->to(opmath).contiguous();
   a.padding = padding_mode;
   a.align_corners = align_corners;
   a.filter = filter;

@@ -1,12 +1,14 @@
 // Grid sampling with low-pass filtering (SPEC A4): F.grid_sample whose bilinear kernel is
 // stretched by each output pixel's footprint in the input and normalised, so a shrinking
-// warp does not alias. The footprint (stretch) is an input, computed in Python from the
-// grid's Jacobian (or analytically by warp_affine) and held constant by the gradients.
+// warp does not alias. The footprint (stretch) is an input (warp_affine's exact one), or
+// estimated per pixel from the grid's Jacobian where absent (grid_stretch_at); the gradients
+// hold it constant.
 // The per-axis filter math is in filtered_grid_sample_math.h.
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <tuple>
 
 namespace latentx {
@@ -14,15 +16,17 @@ namespace latentx {
 struct GridSampleArgs {
   at::Tensor input;    // [N, C, H, W] contiguous
   at::Tensor grid;     // [N, Ho, Wo, 2] contiguous, input's dtype: (x, y) in [-1, 1]
-  at::Tensor stretch;  // [N, Ho, Wo, 2] contiguous, opmath dtype: (s_x, s_y) in input pixels
+  at::Tensor stretch;  // [N, Ho, Wo, 2] contiguous, opmath dtype: (s_x, s_y) in input pixels;
+                       // undefined: estimated from the grid
   int64_t padding = 0;  // kGridPad*
   bool align_corners = false;
   int64_t filter = 1;   // kGridFilter*
 };
 
 GridSampleArgs prepare_filtered_grid_sample(const at::Tensor& input, const at::Tensor& grid,
-                                            const at::Tensor& stretch, int64_t padding_mode,
-                                            bool align_corners, int64_t filter);
+                                            const std::optional<at::Tensor>& stretch,
+                                            int64_t padding_mode, bool align_corners,
+                                            int64_t filter);
 
 // Writes out [N, C, Ho, Wo] (contiguous, input's dtype); called only when out is non-empty.
 using GridSampleForwardKernel = void (*)(const GridSampleArgs& args, at::Tensor& out);
@@ -34,7 +38,7 @@ using GridSampleBackwardKernel = void (*)(const GridSampleArgs& args, const at::
 
 template <GridSampleForwardKernel Forward>
 at::Tensor filtered_grid_sample(const at::Tensor& input, const at::Tensor& grid,
-                                const at::Tensor& stretch, int64_t padding_mode,
+                                const std::optional<at::Tensor>& stretch, int64_t padding_mode,
                                 bool align_corners, int64_t filter) {
   const GridSampleArgs a =
       prepare_filtered_grid_sample(input, grid, stretch, padding_mode, align_corners, filter);
@@ -47,7 +51,7 @@ at::Tensor filtered_grid_sample(const at::Tensor& input, const at::Tensor& grid,
 template <GridSampleBackwardKernel Backward>
 std::tuple<at::Tensor, at::Tensor> filtered_grid_sample_backward(
     const at::Tensor& grad, const at::Tensor& input, const at::Tensor& grid,
-    const at::Tensor& stretch, int64_t padding_mode, bool align_corners, int64_t filter,
+    const std::optional<at::Tensor>& stretch, int64_t padding_mode, bool align_corners, int64_t filter,
     bool needs_input_grad, bool needs_grid_grad) {
   const GridSampleArgs a =
       prepare_filtered_grid_sample(input, grid, stretch, padding_mode, align_corners, filter);

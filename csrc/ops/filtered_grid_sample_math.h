@@ -147,6 +147,60 @@ LATENTX_HOST_DEVICE GridAxis<T> grid_axis(T coord, T stretch, int64_t size, T ca
   return a;
 }
 
+// --- The footprint estimated from the grid (reference.grid_stretch) -----------------------------
+
+// Tolerance of grid_clamp_stretch for a grid of this dtype (double or not).
+template <typename scalar_t>
+LATENTX_HOST_DEVICE constexpr double grid_stretch_tolerance() {
+  return sizeof(scalar_t) == 8 ? 1e-9 : 1e-4;
+}
+
+// reference.clamp_stretch: values <= 1 + tol (no shrinking, or within rounding of it) and NaN
+// become 1, values within tol (relative) of an integer become it (a footprint of 4 computed
+// as 4 + 5e-7 would add a tap of weight ~1e-7 at each end), and values are capped at cap.
+template <typename T>
+LATENTX_HOST_DEVICE T grid_clamp_stretch(T s, T cap, T tol) {
+  using std::fabs;
+  using std::rint;
+  s = s > T(1) + tol ? s : T(1);
+  const T r = rint(s);  // half to even, as torch.round
+  if (fabs(s - r) <= tol * r) s = r;
+  return s < cap ? s : cap;
+}
+
+// The derivative of the input pixel coordinate along one output axis at sample i of n: central
+// differences (g(i+1) - g(i-1)) / 2 inside, one-sided ones at the ends, 0 where n < 2 (as
+// torch.gradient). The axis's normalised coordinates are g[j * stride].
+template <typename T, typename scalar_t>
+LATENTX_HOST_DEVICE T grid_coord_derivative(const scalar_t* g, int64_t stride, int64_t n,
+                                            int64_t i, int64_t size, bool align_corners) {
+  if (n < 2) return T(0);
+  const int64_t lo = i == 0 ? 0 : i - 1, hi = i == n - 1 ? n - 1 : i + 1;
+  const T d = grid_unnormalize(static_cast<T>(g[hi * stride]), size, align_corners) -
+              grid_unnormalize(static_cast<T>(g[lo * stride]), size, align_corners);
+  return hi - lo == 2 ? d / T(2) : d;
+}
+
+// reference.grid_stretch at output pixel (r, c) of one sample's grid g [Ho, Wo, 2] for an
+// input of H x W: s_x = |(dix/du, dix/dv)|, s_y = |(diy/du, diy/dv)| (u the output column,
+// v the row), clamped by grid_clamp_stretch.
+template <typename T, typename scalar_t>
+LATENTX_HOST_DEVICE void grid_stretch_at(const scalar_t* g, int64_t ho, int64_t wo, int64_t r,
+                                         int64_t c, int64_t h, int64_t w, bool align_corners,
+                                         T& sx, T& sy) {
+  using std::sqrt;
+  const T tol = T(grid_stretch_tolerance<scalar_t>());
+  const T cap = T(h > w ? h : w);
+  const scalar_t* row = g + 2 * r * wo;  // along u: stride 2
+  const scalar_t* col = g + 2 * c;       // along v: stride 2 Wo
+  const T xu = grid_coord_derivative<T>(row, 2, wo, c, w, align_corners);
+  const T xv = grid_coord_derivative<T>(col, 2 * wo, ho, r, w, align_corners);
+  const T yu = grid_coord_derivative<T>(row + 1, 2, wo, c, h, align_corners);
+  const T yv = grid_coord_derivative<T>(col + 1, 2 * wo, ho, r, h, align_corners);
+  sx = grid_clamp_stretch(sqrt(xu * xu + xv * xv), cap, tol);
+  sy = grid_clamp_stretch(sqrt(yu * yu + yv * yv), cap, tol);
+}
+
 // Input pixels per normalised unit: d(ix)/d(x), the grid gradient's chain-rule factor.
 inline double grid_unnormalize_scale(int64_t size, bool align_corners) {
   return align_corners ? (size - 1) / 2.0 : size / 2.0;

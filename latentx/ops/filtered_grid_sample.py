@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from latentx.ops import _native, reference
-from latentx.ops.reference import GRID_FILTERS, GRID_PADDING_MODES, grid_stretch
+from latentx.ops.reference import GRID_FILTERS, GRID_PADDING_MODES
 
 
 def _code(table: dict, name: str, value: str) -> int:
@@ -47,7 +47,8 @@ def filtered_grid_sample(
             bilinear where s ≤ 1), or 'none' (bilinear everywhere, like F.grid_sample).
         stretch: [N, Ho, Wo, 2] footprint (s_x, s_y) in input pixels, or None to estimate it
             from the grid (``reference.grid_stretch``: norms of the rows of the Jacobian of
-            the input pixel coordinates w.r.t. the output pixel, by finite differences).
+            the input pixel coordinates w.r.t. the output pixel, by finite differences; the
+            native kernels compute it per pixel, inside the op).
             ``warp_affine`` passes the exact one.
 
     Returns:
@@ -60,9 +61,9 @@ def filtered_grid_sample(
     pad = _code(GRID_PADDING_MODES, "padding_mode", padding_mode)
     flt = _code(GRID_FILTERS, "filter", filter)
     reference.check_filtered_grid_sample(input, grid, stretch, pad, align_corners, flt)
-    if stretch is None:
-        stretch = grid_stretch(grid, input.shape[2], input.shape[3], align_corners)
-    stretch = stretch.detach()
+    if stretch is not None:
+        stretch = stretch.detach()
+    # Without a stretch, both estimate it from the grid (the native kernels per pixel).
     if not _native.use_native(impl, input.device):
         return reference.filtered_grid_sample(input, grid, stretch, pad, align_corners, flt)
     return torch.ops.latentx.filtered_grid_sample(input, grid, stretch, pad, align_corners, flt)

@@ -408,13 +408,14 @@ def grid_stretch(grid: Tensor, height: int, width: int, align_corners: bool) -> 
         contributes 0), which is invariant to rotations of the output; s_y likewise from iy.
         Values ≤ 1 (no shrinking) and NaN become 1, and so do values within rounding of 1
         (1e-9 for float64 grids, 1e-4 otherwise: an identity grid's differences are not
-        exactly 1, and the Gaussian filter is not continuous at s = 1); values are capped
-        at max(H, W).
+        exactly 1, and the Gaussian filter is not continuous at s = 1); values within
+        rounding of another integer become it; values are capped at max(H, W)
+        (``clamp_stretch``). The native op computes the same per pixel
+        (grid_stretch_at in csrc/ops/filtered_grid_sample_math.h) when given no stretch.
     """
-    # Both coordinates at once ([N, Ho, Wo, 2]: (ix, iy) per pixel), in few whole-tensor ops:
-    # this runs on every filtered_grid_sample call without a stretch. Same operations as per
-    # coordinate, elementwise, so the same values (up to hypot's last-bit rounding, which
-    # differs between torch's vectorised and scalar loops).
+    # Both coordinates at once ([N, Ho, Wo, 2]: (ix, iy) per pixel), in few whole-tensor ops.
+    # Same operations as per coordinate, elementwise, so the same values (up to hypot's
+    # last-bit rounding, which differs between torch's vectorised and scalar loops).
     g = grid.detach().to(opmath_dtype(grid.dtype))
     sizes = torch.tensor([width, height], dtype=g.dtype, device=g.device)
     ixy = grid_unnormalize(g, sizes, align_corners)
@@ -436,12 +437,17 @@ def grid_stretch(grid: Tensor, height: int, width: int, align_corners: bool) -> 
 
 
 def clamp_stretch(s: Tensor, height: int, width: int, dtype: torch.dtype) -> Tensor:
-    """Footprints ≤ 1 (within rounding, see ``grid_stretch``) and NaN → 1, capped at max(H, W)."""
+    """Footprints ≤ 1 (within rounding, see ``grid_stretch``) and NaN → 1, footprints within
+    rounding of an integer → that integer, capped at max(H, W). Rounding: a relative 1e-9 for
+    float64 grids, 1e-4 otherwise. (A footprint of 4 computed as 4 + 5e-7 would add a tap of
+    weight ~1e-7 at each end of the filter: 10 taps a side instead of 8.)"""
     tol = 1e-9 if dtype == torch.float64 else 1e-4
     # where(s > 1 + tol, s, 1) as threshold (x <= 1 + tol -> 1; NaN passes) then NaN -> 1:
     # several times faster than a boolean mask and where() on CPU. nan_to_num also turns
     # +-inf into the largest finite values, which the cap and the threshold map as before.
     s = F.threshold(s, 1 + tol, 1.0).nan_to_num_(nan=1.0)
+    nearest = s.round()
+    s = torch.where((s - nearest).abs() <= tol * nearest, nearest, s)
     return s.clamp_(max=float(max(height, width)))
 
 
@@ -503,15 +509,15 @@ def _grid_axis_weights(coord, s, radius, gaussian, k: int):
     return tap.long(), w
 
 
-def filtered_grid_sample(input: Tensor, grid: Tensor, stretch: Tensor, padding_mode: int,
+def filtered_grid_sample(input: Tensor, grid: Tensor, stretch: Optional[Tensor], padding_mode: int,
                          align_corners: bool, filter: int) -> Tensor:
     """Grid sampling with a low-pass filter stretched by each output pixel's footprint (SPEC A4).
 
     Args:
         input: [N, C, H, W].
         grid: [N, Ho, Wo, 2] normalised sampling locations (x, y) as for F.grid_sample.
-        stretch: [N, Ho, Wo, 2] footprint (s_x, s_y) in input pixels (``grid_stretch``);
-            held constant (no gradient flows into it).
+        stretch: [N, Ho, Wo, 2] footprint (s_x, s_y) in input pixels, or None for
+            ``grid_stretch`` of the grid; held constant (no gradient flows into it).
         padding_mode: 0 zeros, 1 border, 2 reflection (``GRID_PADDING_MODES``).
         filter: 0 none (bilinear everywhere), 1 tent, 2 gaussian (``GRID_FILTERS``).
 
@@ -530,6 +536,8 @@ def filtered_grid_sample(input: Tensor, grid: Tensor, stretch: Tensor, padding_m
         return input.new_zeros((n, c, ho, wo)) + 0 * grid.sum() + 0 * input.sum()
     x = input.to(dtype)
     g = grid.to(dtype)
+    if stretch is None:
+        stretch = grid_stretch(grid, h, w, align_corners)
     s = stretch.detach().to(dtype)
     ix = grid_unnormalize(g[..., 0], w, align_corners)
     iy = grid_unnormalize(g[..., 1], h, align_corners)

@@ -275,25 +275,46 @@ struct XWindow {
   }
 };
 
-// One pixel, every channel, x as a window of NB * kLanes pixels, y as the rows y0 .. y0 + ny - 1
-// with weights wy: out = scale sum_x wx sum_y wy v.
+// Channels ch0 .. ch0 + CB - 1 of one pixel, x as a window of NB * kLanes pixels, y as the rows
+// y0 .. y0 + ny - 1 with weights wy: out = scale sum_x wx sum_y wy v. The CB channels share
+// each row's weight and their sums are independent (instruction-level parallelism).
+template <int64_t CB, int64_t NB, typename scalar_t, typename T>
+LATENTX_INLINE void forward_window_channels(const XWindow<NB, T>& x, const T* wy, int64_t y0,
+                                            int64_t ny, T scale, const scalar_t* in, int64_t ch0,
+                                            int64_t h, int64_t w, scalar_t* dst,
+                                            int64_t plane_out) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  const scalar_t* p = in + (ch0 * h + y0) * w + x.x0;
+  const int64_t plane = h * w;
+  V col[CB][NB];
+  for (int64_t k = 0; k < CB; ++k)
+    for (int64_t b = 0; b < NB; ++b) col[k][b] = S::splat(T(0));
+  for (int64_t j = 0; j < ny; ++j, p += w) {
+    const T wj = wy[j];
+    for (int64_t k = 0; k < CB; ++k)
+      for (int64_t b = 0; b < NB; ++b) col[k][b] += wj * S::load(p + k * plane + b * kLanes);
+  }
+  for (int64_t k = 0; k < CB; ++k) {
+    V acc = S::splat(T(0));
+    for (int64_t b = 0; b < NB; ++b) acc += S::select(x.in[b], x.w[b] * col[k][b], S::splat(T(0)));
+    dst[(ch0 + k) * plane_out] = static_cast<scalar_t>(S::sum(acc) * scale);
+  }
+}
+
+// One pixel, every channel, in blocks of up to 4 channels.
 template <int64_t NB, typename scalar_t, typename T>
 LATENTX_INLINE void forward_window(const XWindow<NB, T>& x, const T* wy, int64_t y0, int64_t ny,
                                    T scale, const scalar_t* in, int64_t c, int64_t h, int64_t w,
                                    scalar_t* dst, int64_t plane_out) {
-  using S = Simd<T>;
-  using V = typename S::V;
-  for (int64_t ch = 0; ch < c; ++ch) {
-    const scalar_t* p = in + (ch * h + y0) * w + x.x0;
-    V col[NB];
-    for (int64_t b = 0; b < NB; ++b) col[b] = S::splat(T(0));
-    for (int64_t j = 0; j < ny; ++j, p += w) {
-      const T wj = wy[j];
-      for (int64_t b = 0; b < NB; ++b) col[b] += wj * S::load(p + b * kLanes);
-    }
-    V acc = S::splat(T(0));
-    for (int64_t b = 0; b < NB; ++b) acc += S::select(x.in[b], x.w[b] * col[b], S::splat(T(0)));
-    dst[ch * plane_out] = static_cast<scalar_t>(S::sum(acc) * scale);
+  int64_t ch = 0;
+  for (; ch + 4 <= c; ch += 4)
+    forward_window_channels<4>(x, wy, y0, ny, scale, in, ch, h, w, dst, plane_out);
+  switch (c - ch) {
+    case 3: forward_window_channels<3>(x, wy, y0, ny, scale, in, ch, h, w, dst, plane_out); break;
+    case 2: forward_window_channels<2>(x, wy, y0, ny, scale, in, ch, h, w, dst, plane_out); break;
+    case 1: forward_window_channels<1>(x, wy, y0, ny, scale, in, ch, h, w, dst, plane_out); break;
+    default: break;
   }
 }
 
@@ -411,13 +432,67 @@ LATENTX_INLINE typename Simd<T>::V axis_runs(typename Simd<T>::V coord,
   return S::select(s > one, one / sum, one);
 }
 
+// grid_stretch_at for kLanes pixels of row r of one sample's grid g [Ho, Wo, 2], at columns
+// c0 + l (past the row: its last column), lane by lane.
+template <typename scalar_t, typename T>
+LATENTX_INLINE void stretch_lanes(const scalar_t* g, int64_t ho, int64_t wo, int64_t r,
+                                  int64_t c0, int64_t h, int64_t w, bool align,
+                                  typename Simd<T>::V& sx, typename Simd<T>::V& sy) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  // The neighbours differenced: columns cl, ch along u; rows rl, rh along v.
+  const int64_t rl = r == 0 ? 0 : r - 1, rh = r == ho - 1 ? ho - 1 : r + 1;
+  V ulx, uhx, uly, uhy, vlx, vhx, vly, vhy, u_half;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    const int64_t col = std::min(c0 + l, wo - 1);
+    const int64_t cl = col == 0 ? 0 : col - 1, ch = col == wo - 1 ? wo - 1 : col + 1;
+    const scalar_t* lo = g + 2 * (r * wo + cl);
+    const scalar_t* hi = g + 2 * (r * wo + ch);
+    ulx[l] = static_cast<T>(lo[0]);
+    uly[l] = static_cast<T>(lo[1]);
+    uhx[l] = static_cast<T>(hi[0]);
+    uhy[l] = static_cast<T>(hi[1]);
+    lo = g + 2 * (rl * wo + col);
+    hi = g + 2 * (rh * wo + col);
+    vlx[l] = static_cast<T>(lo[0]);
+    vly[l] = static_cast<T>(lo[1]);
+    vhx[l] = static_cast<T>(hi[0]);
+    vhy[l] = static_cast<T>(hi[1]);
+    u_half[l] = ch - cl == 2 ? T(0.5) : T(1);  // central difference: halved (exactly, as / 2)
+  }
+  const T v_half = rh - rl == 2 ? T(0.5) : T(1);
+  const T u_on = wo < 2 ? T(0) : T(1), v_on = ho < 2 ? T(0) : T(1);  // an axis of length 1: 0
+  auto unnorm = [&](V v, int64_t size) {  // grid_unnormalize
+    return align ? (v + T(1)) / T(2) * T(size - 1) : ((v + T(1)) * T(size) - T(1)) / T(2);
+  };
+  V xu = (unnorm(uhx, w) - unnorm(ulx, w)) * u_half, yu = (unnorm(uhy, h) - unnorm(uly, h)) * u_half;
+  V xv = (unnorm(vhx, w) - unnorm(vlx, w)) * v_half, yv = (unnorm(vhy, h) - unnorm(vly, h)) * v_half;
+  if (u_on == T(0)) xu = yu = S::splat(T(0));
+  if (v_on == T(0)) xv = yv = S::splat(T(0));
+  // grid_clamp_stretch, with the cap first (the same result: the cap is an integer).
+  const T tol = T(grid_stretch_tolerance<scalar_t>()), cap = T(std::max(h, w));
+  auto clamp = [&](V s) {
+    for (int64_t l = 0; l < kLanes; ++l) s[l] = std::sqrt(s[l]);
+    s = S::select(s > T(1) + tol, s, S::splat(T(1)));  // NaN: 1
+    s = S::select(s < cap, s, S::splat(cap));
+    V nearest;
+    for (int64_t l = 0; l < kLanes; ++l) nearest[l] = std::rint(s[l]);
+    const V off = s - nearest;
+    return S::select(S::select(off < T(0), -off, off) <= tol * nearest, nearest, s);
+  };
+  sx = clamp(xu * xu + xv * xv);
+  sy = clamp(yu * yu + yv * yv);
+}
+
 // Phase 1 of output row `row` of [N * Ho].
 template <typename scalar_t, typename T>
 LATENTX_INLINE void plan_row(const GridSampleArgs& a, const scalar_t* grid, const T* stretch,
                              int64_t row, RowRuns<T>& runs) {
   using S = Simd<T>;
   using V = typename S::V;
-  const int64_t h = a.input.size(2), w = a.input.size(3), wo = a.grid.size(2);
+  const int64_t h = a.input.size(2), w = a.input.size(3);
+  const int64_t ho = a.grid.size(1), wo = a.grid.size(2), r = row % ho;
+  const scalar_t* sample_grid = grid + 2 * (row - r) * wo;
   const T cap = T(std::max(h, w));
   const bool align = a.align_corners;
   for (int64_t c0 = 0; c0 < wo; c0 += kLanes) {
@@ -426,9 +501,12 @@ LATENTX_INLINE void plan_row(const GridSampleArgs& a, const scalar_t* grid, cons
       const int64_t p = row * wo + std::min(c0 + l, wo - 1);  // lanes past the row: a copy
       gx[l] = static_cast<T>(grid[2 * p]);
       gy[l] = static_cast<T>(grid[2 * p + 1]);
-      sx[l] = stretch[2 * p];
-      sy[l] = stretch[2 * p + 1];
+      if (stretch) {
+        sx[l] = stretch[2 * p];
+        sy[l] = stretch[2 * p + 1];
+      }
     }
+    if (!stretch) stretch_lanes<scalar_t, T>(sample_grid, ho, wo, r, c0, h, w, align, sx, sy);
     // grid_unnormalize, lane by lane.
     const V ix = align ? (gx + T(1)) / T(2) * T(w - 1) : ((gx + T(1)) * T(w) - T(1)) / T(2);
     const V iy = align ? (gy + T(1)) / T(2) * T(h - 1) : ((gy + T(1)) * T(h) - T(1)) / T(2);
@@ -471,7 +549,7 @@ LATENTX_INLINE bool forward_fast(const RowRuns<T>& runs, int64_t col, const scal
 }
 
 // The x and y tap runs of output pixel p (index in [N, Ho, Wo]); false where its grid location
-// is not finite (the runs are then left as they were).
+// is not finite (the runs are then left as they were). stretch null: estimated from the grid.
 template <bool kGrad, typename scalar_t, typename T>
 LATENTX_INLINE bool pixel_runs(const GridSampleArgs& a, const scalar_t* grid, const T* stretch,
                                int64_t p, AxisRun<T>& rx, AxisRun<T>& ry) {
@@ -480,12 +558,19 @@ LATENTX_INLINE bool pixel_runs(const GridSampleArgs& a, const scalar_t* grid, co
   const T ix = grid_unnormalize(static_cast<T>(grid[2 * p]), w, a.align_corners);
   const T iy = grid_unnormalize(static_cast<T>(grid[2 * p + 1]), h, a.align_corners);
   if (!(grid_finite(ix) && grid_finite(iy))) return false;
-  rx.template fill<kGrad>(
-      grid_axis(ix, stretch[2 * p], w, cap, a.padding, a.align_corners, a.filter, false), w,
-      a.padding, a.align_corners);
-  ry.template fill<kGrad>(
-      grid_axis(iy, stretch[2 * p + 1], h, cap, a.padding, a.align_corners, a.filter, false), h,
-      a.padding, a.align_corners);
+  T sx, sy;
+  if (stretch) {
+    sx = stretch[2 * p];
+    sy = stretch[2 * p + 1];
+  } else {
+    const int64_t ho = a.grid.size(1), wo = a.grid.size(2);
+    const int64_t q = p % (ho * wo);
+    grid_stretch_at<T>(grid + 2 * (p - q), ho, wo, q / wo, q % wo, h, w, a.align_corners, sx, sy);
+  }
+  rx.template fill<kGrad>(grid_axis(ix, sx, w, cap, a.padding, a.align_corners, a.filter, false),
+                          w, a.padding, a.align_corners);
+  ry.template fill<kGrad>(grid_axis(iy, sy, h, cap, a.padding, a.align_corners, a.filter, false),
+                          h, a.padding, a.align_corners);
   return true;
 }
 
@@ -499,7 +584,7 @@ LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o,
   const int64_t max_taps = grid_max_taps(std::max(h, w));
   const scalar_t* in = a.input.const_data_ptr<scalar_t>();
   const scalar_t* grid = a.grid.const_data_ptr<scalar_t>();
-  const T* stretch = a.stretch.const_data_ptr<T>();
+  const T* stretch = a.stretch.defined() ? a.stretch.const_data_ptr<T>() : nullptr;
   AxisRun<T> rx(max_taps), ry(max_taps);
   RowRuns<T> runs(wo);
   for (int64_t row = begin; row < end; ++row) {
@@ -637,7 +722,7 @@ LATENTX_CPU_MULTIVERSION void backward_samples(const GridSampleArgs& a, const sc
   const T scale_y = T(grid_unnormalize_scale(h, a.align_corners));
   const scalar_t* in = a.input.const_data_ptr<scalar_t>();
   const scalar_t* grid = a.grid.const_data_ptr<scalar_t>();
-  const T* stretch = a.stretch.const_data_ptr<T>();
+  const T* stretch = a.stretch.defined() ? a.stretch.const_data_ptr<T>() : nullptr;
   AxisRun<T> rx(max_taps), ry(max_taps);
   for (int64_t s = begin; s < end; ++s) {
     // The input is read only for the grid's gradient.

@@ -32,8 +32,17 @@ __device__ __forceinline__ bool pixel_axes(const Shape& sh, int64_t p, const sca
   const T iy = grid_unnormalize(static_cast<T>(grid[2 * p + 1]), sh.h, sh.align_corners);
   if (!(grid_finite(ix) && grid_finite(iy))) return false;
   const T cap = T(sh.h > sh.w ? sh.h : sh.w);
-  ax = grid_axis(ix, stretch[2 * p], sh.w, cap, sh.padding, sh.align_corners, sh.filter);
-  ay = grid_axis(iy, stretch[2 * p + 1], sh.h, cap, sh.padding, sh.align_corners, sh.filter);
+  T sx, sy;
+  if (stretch) {
+    sx = stretch[2 * p];
+    sy = stretch[2 * p + 1];
+  } else {  // estimated from the grid
+    const int64_t q = p % (sh.ho * sh.wo);
+    grid_stretch_at<T>(grid + 2 * (p - q), sh.ho, sh.wo, q / sh.wo, q % sh.wo, sh.h, sh.w,
+                       sh.align_corners, sx, sy);
+  }
+  ax = grid_axis(ix, sx, sh.w, cap, sh.padding, sh.align_corners, sh.filter);
+  ay = grid_axis(iy, sy, sh.h, cap, sh.padding, sh.align_corners, sh.filter);
   return true;
 }
 
@@ -41,7 +50,7 @@ template <typename scalar_t, typename T>
 __global__ void forward_kernel(Shape sh,
                                const scalar_t* input,  // [N, C, H, W]
                                const scalar_t* grid,   // [N, Ho, Wo, 2]
-                               const T* stretch,       // [N, Ho, Wo, 2]
+                               const T* stretch,       // [N, Ho, Wo, 2] or null
                                scalar_t* out) {        // [N, C, Ho, Wo]
   const int64_t plane_out = sh.ho * sh.wo;
   LATENTX_CUDA_KERNEL_LOOP(p, sh.n * plane_out) {
@@ -79,7 +88,7 @@ template <typename scalar_t, typename T>
 __global__ void backward_kernel(Shape sh, T scale_x, T scale_y,
                                 const scalar_t* input,    // [N, C, H, W]
                                 const scalar_t* grid,     // [N, Ho, Wo, 2]
-                                const T* stretch,         // [N, Ho, Wo, 2]
+                                const T* stretch,         // [N, Ho, Wo, 2] or null
                                 const scalar_t* grad,     // [N, C, Ho, Wo]
                                 T* grad_input,            // [N, C, H, W] opmath, or null
                                 scalar_t* grad_grid) {    // [N, Ho, Wo, 2], or null
@@ -128,6 +137,12 @@ __global__ void backward_kernel(Shape sh, T scale_x, T scale_y,
   }
 }
 
+// The given footprint, or null: estimated from the grid.
+template <typename T>
+const T* stretch_ptr(const GridSampleArgs& a) {
+  return a.stretch.defined() ? a.stretch.const_data_ptr<T>() : nullptr;
+}
+
 Shape shape_of(const GridSampleArgs& a) {
   return Shape{a.input.size(0), a.input.size(1), a.input.size(2), a.input.size(3),
                a.grid.size(1),  a.grid.size(2),  a.padding,       a.filter,
@@ -142,7 +157,7 @@ void forward_cuda(const GridSampleArgs& a, at::Tensor& out) {
     using T = at::opmath_type<scalar_t>;
     forward_kernel<scalar_t, T><<<grid_size(sh.n * sh.ho * sh.wo), kThreadsPerBlock, 0, stream>>>(
         sh, a.input.const_data_ptr<scalar_t>(), a.grid.const_data_ptr<scalar_t>(),
-        a.stretch.const_data_ptr<T>(), out.mutable_data_ptr<scalar_t>());
+        stretch_ptr<T>(a), out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -157,7 +172,7 @@ void backward_cuda(const GridSampleArgs& a, const at::Tensor& grad, at::Tensor& 
     backward_kernel<scalar_t, T><<<grid_size(sh.n * sh.ho * sh.wo), kThreadsPerBlock, 0, stream>>>(
         sh, T(grid_unnormalize_scale(sh.w, sh.align_corners)),
         T(grid_unnormalize_scale(sh.h, sh.align_corners)), a.input.const_data_ptr<scalar_t>(),
-        a.grid.const_data_ptr<scalar_t>(), a.stretch.const_data_ptr<T>(),
+        a.grid.const_data_ptr<scalar_t>(), stretch_ptr<T>(a),
         grad.const_data_ptr<scalar_t>(),
         grad_input.defined() ? grad_input.mutable_data_ptr<T>() : nullptr,
         grad_grid.defined() ? grad_grid.mutable_data_ptr<scalar_t>() : nullptr);
