@@ -47,13 +47,17 @@ LATENTX_HOST_DEVICE int64_t grid_pad_index(int64_t t, int64_t size, int64_t padd
                                            bool align_corners) {
   if (padding == kGridPadZeros) return (t >= 0 && t < size) ? t : -1;
   if (padding == kGridPadBorder) return t < 0 ? 0 : (t >= size ? size - 1 : t);
+  if (t >= 0 && t < size) return t;
   if (align_corners) {
     if (size == 1) return 0;
+    // Within one reflection of the image (the usual case): without the division.
+    if (t >= -(size - 1) && t <= 2 * (size - 1)) return t < 0 ? -t : 2 * (size - 1) - t;
     const int64_t period = 2 * (size - 1);
     int64_t m = t % period;
     if (m < 0) m += period;
     return m >= size ? period - m : m;
   }
+  if (t >= -size && t < 2 * size) return t < 0 ? -1 - t : 2 * size - 1 - t;
   const int64_t period = 2 * size;
   int64_t m = t % period;
   if (m < 0) m += period;

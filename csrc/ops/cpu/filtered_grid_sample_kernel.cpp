@@ -83,6 +83,17 @@ struct Simd {
     v += __builtin_shufflevector(v, v, 1, 1, 1, 1, 1, 1, 1, 1);
     return v[0];
   }
+  // The sums of the lanes of a0 .. a3 in lanes 0 .. 3, reduced together (a transpose-add).
+  static LATENTX_INLINE V sum4(V a0, V a1, V a2, V a3) {
+    const V p = __builtin_shufflevector(a0, a1, 0, 1, 2, 3, 8, 9, 10, 11) +
+                __builtin_shufflevector(a0, a1, 4, 5, 6, 7, 12, 13, 14, 15);
+    const V q = __builtin_shufflevector(a2, a3, 0, 1, 2, 3, 8, 9, 10, 11) +
+                __builtin_shufflevector(a2, a3, 4, 5, 6, 7, 12, 13, 14, 15);
+    const V r = __builtin_shufflevector(p, q, 0, 1, 8, 9, 4, 5, 12, 13) +
+                __builtin_shufflevector(p, q, 2, 3, 10, 11, 6, 7, 14, 15);
+    return __builtin_shufflevector(r, r, 0, 4, 2, 6, 0, 0, 0, 0) +
+           __builtin_shufflevector(r, r, 1, 5, 3, 7, 1, 1, 1, 1);
+  }
   static LATENTX_INLINE T max(V v) {
     T m = v[0];
     for (int64_t l = 1; l < kLanes; ++l) m = v[l] > m ? v[l] : m;
@@ -287,7 +298,7 @@ LATENTX_INLINE void forward_window_channels(const XWindow<NB, T>& x, const T* wy
   using V = typename S::V;
   const scalar_t* p = in + (ch0 * h + y0) * w + x.x0;
   const int64_t plane = h * w;
-  V col[CB][NB];
+  V col[CB][NB];  // sum_y wy v per channel and window block
   for (int64_t k = 0; k < CB; ++k)
     for (int64_t b = 0; b < NB; ++b) col[k][b] = S::splat(T(0));
   for (int64_t j = 0; j < ny; ++j, p += w) {
@@ -295,11 +306,19 @@ LATENTX_INLINE void forward_window_channels(const XWindow<NB, T>& x, const T* wy
     for (int64_t k = 0; k < CB; ++k)
       for (int64_t b = 0; b < NB; ++b) col[k][b] += wj * S::load(p + k * plane + b * kLanes);
   }
-  for (int64_t k = 0; k < CB; ++k) {
-    V acc = S::splat(T(0));
-    for (int64_t b = 0; b < NB; ++b) acc += S::select(x.in[b], x.w[b] * col[k][b], S::splat(T(0)));
-    dst[(ch0 + k) * plane_out] = static_cast<scalar_t>(S::sum(acc) * scale);
+  V acc[4];
+  for (int64_t k = 0; k < 4; ++k) {
+    acc[k] = S::splat(T(0));
+    if (k < CB)
+      for (int64_t b = 0; b < NB; ++b)
+        acc[k] += S::select(x.in[b], x.w[b] * col[k][b], S::splat(T(0)));
   }
+  if (CB == 1) {
+    dst[ch0 * plane_out] = static_cast<scalar_t>(S::sum(acc[0]) * scale);
+    return;
+  }
+  const V sums = S::sum4(acc[0], acc[1], acc[2], acc[3]) * scale;
+  for (int64_t k = 0; k < CB; ++k) dst[(ch0 + k) * plane_out] = static_cast<scalar_t>(sums[k]);
 }
 
 // One pixel, every channel, in blocks of up to 4 channels.
