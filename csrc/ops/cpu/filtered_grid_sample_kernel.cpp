@@ -372,10 +372,12 @@ struct RowRuns {
     explicit Axis(int64_t n) : coord(n), inv_s(n), inv_two_var(n), start(n), len(n) {}
   };
   Axis x, y;
-  std::vector<T> scale;  // 1 / (sum wx sum wy); 1 where neither axis is normalised (s = 1)
+  std::vector<T> scale;   // 1 / (sum wx sum wy); 1 where neither axis is normalised (s = 1)
+  std::vector<T> sx, sy;  // the footprints (row_stretch)
 
   explicit RowRuns(int64_t wo)
-      : x(round_up(wo, kLanes)), y(round_up(wo, kLanes)), scale(round_up(wo, kLanes)) {}
+      : x(round_up(wo, kLanes)), y(round_up(wo, kLanes)), scale(round_up(wo, kLanes)),
+        sx(round_up(wo, kLanes), T(1)), sy(round_up(wo, kLanes), T(1)) {}
 };
 
 // The weights of taps first + k, k < count, of kLanes pixels: their sums, and the first and last
@@ -503,29 +505,48 @@ LATENTX_INLINE void stretch_lanes(const scalar_t* g, int64_t ho, int64_t wo, int
   sy = clamp(yu * yu + yv * yv);
 }
 
+// The footprints of output row `row` of [N * Ho] into sx, sy (kLanes-padded; lanes past the
+// row are left as they are, or copy its last pixel): `stretch` where given, else estimated.
+template <typename scalar_t, typename T>
+LATENTX_INLINE void row_stretch(const GridSampleArgs& a, const scalar_t* grid, const T* stretch,
+                                int64_t row, T* sx, T* sy) {
+  using S = Simd<T>;
+  const int64_t h = a.input.size(2), w = a.input.size(3);
+  const int64_t ho = a.grid.size(1), wo = a.grid.size(2), r = row % ho;
+  if (stretch) {
+    for (int64_t col = 0; col < wo; ++col) {
+      sx[col] = stretch[2 * (row * wo + col)];
+      sy[col] = stretch[2 * (row * wo + col) + 1];
+    }
+    return;
+  }
+  const scalar_t* sample_grid = grid + 2 * (row - r) * wo;
+  for (int64_t c0 = 0; c0 < wo; c0 += kLanes) {
+    typename S::V vx, vy;
+    stretch_lanes<scalar_t, T>(sample_grid, ho, wo, r, c0, h, w, a.align_corners, vx, vy);
+    S::store(sx + c0, vx);
+    S::store(sy + c0, vy);
+  }
+}
+
 // Phase 1 of output row `row` of [N * Ho].
 template <typename scalar_t, typename T>
 LATENTX_INLINE void plan_row(const GridSampleArgs& a, const scalar_t* grid, const T* stretch,
                              int64_t row, RowRuns<T>& runs) {
   using S = Simd<T>;
   using V = typename S::V;
-  const int64_t h = a.input.size(2), w = a.input.size(3);
-  const int64_t ho = a.grid.size(1), wo = a.grid.size(2), r = row % ho;
-  const scalar_t* sample_grid = grid + 2 * (row - r) * wo;
+  const int64_t h = a.input.size(2), w = a.input.size(3), wo = a.grid.size(2);
   const T cap = T(std::max(h, w));
   const bool align = a.align_corners;
+  row_stretch(a, grid, stretch, row, runs.sx.data(), runs.sy.data());
   for (int64_t c0 = 0; c0 < wo; c0 += kLanes) {
-    V gx, gy, sx, sy;
+    V gx, gy;
     for (int64_t l = 0; l < kLanes; ++l) {
       const int64_t p = row * wo + std::min(c0 + l, wo - 1);  // lanes past the row: a copy
       gx[l] = static_cast<T>(grid[2 * p]);
       gy[l] = static_cast<T>(grid[2 * p + 1]);
-      if (stretch) {
-        sx[l] = stretch[2 * p];
-        sy[l] = stretch[2 * p + 1];
-      }
     }
-    if (!stretch) stretch_lanes<scalar_t, T>(sample_grid, ho, wo, r, c0, h, w, align, sx, sy);
+    const V sx = S::load(runs.sx.data() + c0), sy = S::load(runs.sy.data() + c0);
     // grid_unnormalize, lane by lane.
     const V ix = align ? (gx + T(1)) / T(2) * T(w - 1) : ((gx + T(1)) * T(w) - T(1)) / T(2);
     const V iy = align ? (gy + T(1)) / T(2) * T(h - 1) : ((gy + T(1)) * T(h) - T(1)) / T(2);
@@ -567,25 +588,16 @@ LATENTX_INLINE bool forward_fast(const RowRuns<T>& runs, int64_t col, const scal
   return false;
 }
 
-// The x and y tap runs of output pixel p (index in [N, Ho, Wo]); false where its grid location
-// is not finite (the runs are then left as they were). stretch null: estimated from the grid.
+// The x and y tap runs of output pixel p (index in [N, Ho, Wo]) with footprints sx, sy; false
+// where its grid location is not finite (the runs are then left as they were).
 template <bool kGrad, typename scalar_t, typename T>
-LATENTX_INLINE bool pixel_runs(const GridSampleArgs& a, const scalar_t* grid, const T* stretch,
+LATENTX_INLINE bool pixel_runs(const GridSampleArgs& a, const scalar_t* grid, T sx, T sy,
                                int64_t p, AxisRun<T>& rx, AxisRun<T>& ry) {
   const int64_t h = a.input.size(2), w = a.input.size(3);
   const T cap = T(std::max(h, w));
   const T ix = grid_unnormalize(static_cast<T>(grid[2 * p]), w, a.align_corners);
   const T iy = grid_unnormalize(static_cast<T>(grid[2 * p + 1]), h, a.align_corners);
   if (!(grid_finite(ix) && grid_finite(iy))) return false;
-  T sx, sy;
-  if (stretch) {
-    sx = stretch[2 * p];
-    sy = stretch[2 * p + 1];
-  } else {
-    const int64_t ho = a.grid.size(1), wo = a.grid.size(2);
-    const int64_t q = p % (ho * wo);
-    grid_stretch_at<T>(grid + 2 * (p - q), ho, wo, q / wo, q % wo, h, w, a.align_corners, sx, sy);
-  }
   rx.template fill<kGrad>(grid_axis(ix, sx, w, cap, a.padding, a.align_corners, a.filter, false),
                           w, a.padding, a.align_corners);
   ry.template fill<kGrad>(grid_axis(iy, sy, h, cap, a.padding, a.align_corners, a.filter, false),
@@ -614,7 +626,7 @@ LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o,
       const int64_t p = row * wo + col;  // pixel index in [N, Ho, Wo]
       scalar_t* dst = o + s * c * plane_out + r * wo + col;
       if (forward_fast(runs, col, plane, c, h, w, dst, plane_out)) continue;
-      if (!pixel_runs<false>(a, grid, stretch, p, rx, ry)) {  // undefined location: 0 by definition
+      if (!pixel_runs<false>(a, grid, runs.sx[col], runs.sy[col], p, rx, ry)) {  // undefined location: 0 by definition
         for (int64_t ch = 0; ch < c; ++ch) dst[ch * plane_out] = scalar_t(0);
         continue;
       }
@@ -658,6 +670,7 @@ LATENTX_INLINE void backward_window(const AxisRun<T>& rx, const AxisRun<T>& ry,
   const V zero = S::splat(T(0));
   XWindow<NB, T> x;
   x.template set<true>(rx, w);
+  V bx = zero, by = zero;  // g sum_y ... summed over channels, per lane: one lane sum per pixel
   for (int64_t ch = 0; ch < c; ++ch) {
     const T g = static_cast<T>(go[ch * plane_out]);
     const int64_t offset = (ch * h + ry.start) * w + x.x0;
@@ -673,13 +686,10 @@ LATENTX_INLINE void backward_window(const AxisRun<T>& rx, const AxisRun<T>& ry,
           cd[b] += dwy * v;
         }
       }
-      V bx = zero, by = zero;
       for (int64_t b = 0; b < NB; ++b) {
-        bx += S::select(x.in[b], x.dw[b] * cw[b], zero);
-        by += S::select(x.in[b], x.w[b] * cd[b], zero);
+        bx += g * S::select(x.in[b], x.dw[b] * cw[b], zero);
+        by += g * S::select(x.in[b], x.w[b] * cd[b], zero);
       }
-      gx += g * S::sum(bx);
-      gy += g * S::sum(by);
     }
     if (gin) {
       T* line = gin + offset;
@@ -691,6 +701,10 @@ LATENTX_INLINE void backward_window(const AxisRun<T>& rx, const AxisRun<T>& ry,
           S::store(line + b * kLanes, S::load(line + b * kLanes) + wy * gw[b]);
       }
     }
+  }
+  if (in) {
+    gx += S::sum(bx);
+    gy += S::sum(by);
   }
 }
 
@@ -743,14 +757,17 @@ LATENTX_CPU_MULTIVERSION void backward_samples(const GridSampleArgs& a, const sc
   const scalar_t* grid = a.grid.const_data_ptr<scalar_t>();
   const T* stretch = a.stretch.defined() ? a.stretch.const_data_ptr<T>() : nullptr;
   AxisRun<T> rx(max_taps), ry(max_taps);
+  std::vector<T> sx(round_up(wo, kLanes), T(1)), sy(round_up(wo, kLanes), T(1));
   for (int64_t s = begin; s < end; ++s) {
     // The input is read only for the grid's gradient.
     const scalar_t* plane = gg ? in + s * c * h * w : nullptr;
     T* gplane = gin ? gin + s * c * h * w : nullptr;
     for (int64_t q = 0; q < plane_out; ++q) {
       const int64_t p = s * plane_out + q;  // pixel index in [N, Ho, Wo]
+      const int64_t col = q % wo;
+      if (col == 0) row_stretch(a, grid, stretch, p / wo, sx.data(), sy.data());
       // Not finite: the output is 0 and has no gradient (zeroed).
-      if (!pixel_runs<true>(a, grid, stretch, p, rx, ry)) continue;
+      if (!pixel_runs<true>(a, grid, sx[col], sy[col], p, rx, ry)) continue;
       if (rx.len == 0 || ry.len == 0) continue;  // every tap reads zero padding
       T gx = T(0), gy = T(0);
       const scalar_t* gop = go + s * c * plane_out + q;
