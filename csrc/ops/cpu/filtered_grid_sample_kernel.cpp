@@ -453,6 +453,30 @@ LATENTX_INLINE typename Simd<T>::V axis_runs(typename Simd<T>::V coord,
   return S::select(s > one, one / sum, one);
 }
 
+// grid_unnormalize, lane by lane. (Helpers of the multiversioned loops are LATENTX_INLINE
+// functions, not lambdas: a lambda may be compiled once, for the baseline instruction set, and
+// called with vector arguments from the AVX clones in another calling convention.)
+template <typename T>
+LATENTX_INLINE typename Simd<T>::V unnormalize_lanes(typename Simd<T>::V v, int64_t size,
+                                                     bool align) {
+  return align ? (v + T(1)) / T(2) * T(size - 1) : ((v + T(1)) * T(size) - T(1)) / T(2);
+}
+
+// grid_clamp_stretch of the square roots of `squares`, lane by lane, with the cap first (the
+// same result: the cap is an integer).
+template <typename T>
+LATENTX_INLINE typename Simd<T>::V clamp_stretch_lanes(typename Simd<T>::V squares, T tol,
+                                                       T cap) {
+  using S = Simd<T>;
+  typename S::V s, nearest;
+  for (int64_t l = 0; l < kLanes; ++l) s[l] = std::sqrt(squares[l]);
+  s = S::select(s > T(1) + tol, s, S::splat(T(1)));  // NaN: 1
+  s = S::select(s < cap, s, S::splat(cap));
+  for (int64_t l = 0; l < kLanes; ++l) nearest[l] = std::rint(s[l]);
+  const typename S::V off = s - nearest;
+  return S::select(S::select(off < T(0), -off, off) <= tol * nearest, nearest, s);
+}
+
 // grid_stretch_at for kLanes pixels of row r of one sample's grid g [Ho, Wo, 2], at columns
 // c0 + l (past the row: its last column), lane by lane.
 template <typename scalar_t, typename T>
@@ -483,26 +507,15 @@ LATENTX_INLINE void stretch_lanes(const scalar_t* g, int64_t ho, int64_t wo, int
   }
   const T v_half = rh - rl == 2 ? T(0.5) : T(1);
   const T u_on = wo < 2 ? T(0) : T(1), v_on = ho < 2 ? T(0) : T(1);  // an axis of length 1: 0
-  auto unnorm = [&](V v, int64_t size) {  // grid_unnormalize
-    return align ? (v + T(1)) / T(2) * T(size - 1) : ((v + T(1)) * T(size) - T(1)) / T(2);
-  };
-  V xu = (unnorm(uhx, w) - unnorm(ulx, w)) * u_half, yu = (unnorm(uhy, h) - unnorm(uly, h)) * u_half;
-  V xv = (unnorm(vhx, w) - unnorm(vlx, w)) * v_half, yv = (unnorm(vhy, h) - unnorm(vly, h)) * v_half;
+  V xu = (unnormalize_lanes<T>(uhx, w, align) - unnormalize_lanes<T>(ulx, w, align)) * u_half;
+  V yu = (unnormalize_lanes<T>(uhy, h, align) - unnormalize_lanes<T>(uly, h, align)) * u_half;
+  V xv = (unnormalize_lanes<T>(vhx, w, align) - unnormalize_lanes<T>(vlx, w, align)) * v_half;
+  V yv = (unnormalize_lanes<T>(vhy, h, align) - unnormalize_lanes<T>(vly, h, align)) * v_half;
   if (u_on == T(0)) xu = yu = S::splat(T(0));
   if (v_on == T(0)) xv = yv = S::splat(T(0));
-  // grid_clamp_stretch, with the cap first (the same result: the cap is an integer).
   const T tol = T(grid_stretch_tolerance<scalar_t>()), cap = T(std::max(h, w));
-  auto clamp = [&](V s) {
-    for (int64_t l = 0; l < kLanes; ++l) s[l] = std::sqrt(s[l]);
-    s = S::select(s > T(1) + tol, s, S::splat(T(1)));  // NaN: 1
-    s = S::select(s < cap, s, S::splat(cap));
-    V nearest;
-    for (int64_t l = 0; l < kLanes; ++l) nearest[l] = std::rint(s[l]);
-    const V off = s - nearest;
-    return S::select(S::select(off < T(0), -off, off) <= tol * nearest, nearest, s);
-  };
-  sx = clamp(xu * xu + xv * xv);
-  sy = clamp(yu * yu + yv * yv);
+  sx = clamp_stretch_lanes(xu * xu + xv * xv, tol, cap);
+  sy = clamp_stretch_lanes(yu * yu + yv * yv, tol, cap);
 }
 
 // The footprints of output row `row` of [N * Ho] into sx, sy (kLanes-padded; lanes past the
@@ -618,14 +631,20 @@ LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o,
   const T* stretch = a.stretch.defined() ? a.stretch.const_data_ptr<T>() : nullptr;
   AxisRun<T> rx(max_taps), ry(max_taps);
   RowRuns<T> runs(wo);
+  // The Gaussian's weights cost an exp each: the fast path would compute them twice (the sums,
+  // then the windows), which is slower than AxisRun's once.
+  const bool fast = a.filter != kGridFilterGaussian;
   for (int64_t row = begin; row < end; ++row) {
     const int64_t s = row / ho, r = row % ho;
     const scalar_t* plane = in + s * c * h * w;
-    plan_row(a, grid, stretch, row, runs);
+    if (fast)
+      plan_row(a, grid, stretch, row, runs);
+    else
+      row_stretch(a, grid, stretch, row, runs.sx.data(), runs.sy.data());
     for (int64_t col = 0; col < wo; ++col) {
       const int64_t p = row * wo + col;  // pixel index in [N, Ho, Wo]
       scalar_t* dst = o + s * c * plane_out + r * wo + col;
-      if (forward_fast(runs, col, plane, c, h, w, dst, plane_out)) continue;
+      if (fast && forward_fast(runs, col, plane, c, h, w, dst, plane_out)) continue;
       if (!pixel_runs<false>(a, grid, runs.sx[col], runs.sy[col], p, rx, ry)) {  // undefined location: 0 by definition
         for (int64_t ch = 0; ch < c; ++ch) dst[ch * plane_out] = scalar_t(0);
         continue;
