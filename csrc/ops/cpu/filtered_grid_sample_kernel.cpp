@@ -7,7 +7,10 @@
 // added up. The channel loops are then dense: along x a fixed-width window of kLanes or
 // 2 kLanes pixels holding the run (zero weights elsewhere), along y the run's rows. These
 // fixed-width loops are what the compiler vectorises, once per instruction set
-// (LATENTX_CPU_MULTIVERSION); longer runs take plain loops.
+// (LATENTX_CPU_MULTIVERSION); longer runs take plain loops. The forward's pixels whose taps
+// lie inside the image (most) take a fast path that plans a row's runs 8 pixels at a time
+// (see "The forward's fast path"). Without a given footprint, each row's is estimated from
+// the grid (row_stretch), as reference.grid_stretch does.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
