@@ -6,11 +6,9 @@
 // no weight are dropped, and those the padding maps onto the same pixel (near an edge) are
 // added up. The channel loops are then dense: along x a fixed-width window of kLanes or
 // 2 kLanes pixels holding the run (zero weights elsewhere), along y the run's rows. These
-// fixed-width loops are what the compiler vectorises, once per instruction set
-// (LATENTX_CPU_MULTIVERSION); longer runs take plain loops. The forward's pixels whose taps
-// lie inside the image (most) take a fast path that plans a row's runs 8 pixels at a time
-// (see "The forward's fast path"). Without a given footprint, each row's is estimated from
-// the grid (row_stretch), as reference.grid_stretch does.
+// fixed-width loops are explicit SIMD (Simd), compiled once per instruction set
+// (LATENTX_CPU_MULTIVERSION); longer runs take plain loops. Without a given footprint, each
+// output row's is estimated from the grid (row_stretch), as reference.grid_stretch does.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -41,8 +39,8 @@ namespace {
 // Output values (each a sum over at least 4 taps) per parallel chunk.
 constexpr int64_t kGrainValues = 4096;
 // Lanes of the vectors (one AVX2 vector of float): pixels per block of the x window
-// (windows of 1 or 2 blocks), taps per block of weights, output pixels per group of the
-// forward's fast path.
+// (windows of 1 or 2 blocks), taps per block of weights, output columns per block of the
+// footprint's estimate.
 constexpr int64_t kLanes = 8;
 // Zero weights kept on both sides of a run, so that a window holding it can read them.
 constexpr int64_t kPad = 2 * kLanes;
@@ -97,23 +95,23 @@ struct Simd {
     return __builtin_shufflevector(r, r, 0, 4, 2, 6, 0, 0, 0, 0) +
            __builtin_shufflevector(r, r, 1, 5, 3, 7, 1, 1, 1, 1);
   }
-  static LATENTX_INLINE T max(V v) {
-    T m = v[0];
-    for (int64_t l = 1; l < kLanes; ++l) m = v[l] > m ? v[l] : m;
-    return m;
+  // Bit l set where lane l of the comparison mask m is.
+  static LATENTX_INLINE uint32_t bits(M m) {
+    M b = m & M{1, 2, 4, 8, 16, 32, 64, 128};
+    b |= __builtin_shufflevector(b, b, 4, 5, 6, 7, 0, 1, 2, 3);
+    b |= __builtin_shufflevector(b, b, 2, 3, 0, 1, 0, 1, 0, 1);
+    b |= __builtin_shufflevector(b, b, 1, 0, 0, 0, 0, 0, 0, 0);
+    return static_cast<uint32_t>(b[0]);
   }
-  static LATENTX_INLINE bool any(M m) {
-    bool a = false;
-    for (int64_t l = 0; l < kLanes; ++l) a |= m[l] != 0;
-    return a;
-  }
+  // Values within the integer type's range, truncated to it (integers held as T: exact).
+  static LATENTX_INLINE M to_int(V x) { return __builtin_convertvector(x, M); }
   // floor and ceil of values within the integer type's range (input pixel coordinates).
   static LATENTX_INLINE V floor(V x) {
-    const V t = __builtin_convertvector(__builtin_convertvector(x, M), V);
+    const V t = __builtin_convertvector(to_int(x), V);
     return select(t > x, t - T(1), t);
   }
   static LATENTX_INLINE V ceil(V x) {
-    const V t = __builtin_convertvector(__builtin_convertvector(x, M), V);
+    const V t = __builtin_convertvector(to_int(x), V);
     return select(t < x, t + T(1), t);
   }
 };
@@ -141,40 +139,50 @@ class AxisRun {
     T* rdw = rw + stride_;
     const int64_t count = a.count, end = round_up(count, kLanes);
     using S = Simd<T>;
-    typename S::V sum = S::splat(T(0)), dsum = sum;
+    using V = typename S::V;
+    const V zero = S::splat(T(0));
+    V sum = zero, dsum = zero;
+    int64_t k0 = -1, k1 = -1;  // the first and last taps with a weight (or derivative)
     for (int64_t b = 0; b < end; b += kLanes) {
-      typename S::V w, dw;
+      V w, dw;
       tap_block<kGrad>(a, b, w, dw);
       S::store(rw + b, w);
       sum += w;
+      typename S::M used = w != zero;
       if (kGrad) {
         S::store(rdw + b, dw);
         dsum += dw;
+        used |= dw != zero;
+      }
+      if (const uint32_t bits = S::bits(used)) {
+        if (k0 < 0) k0 = b + __builtin_ctz(bits);
+        k1 = b + 31 - __builtin_clz(bits);
       }
     }
     // A longer run of an earlier pixel may have left weights past this one's blocks.
-    std::fill(rw + end, rw + end + kPad, T(0));
-    if (kGrad) std::fill(rdw + end, rdw + end + kPad, T(0));
+    static_assert(kPad == 2 * kLanes, "the padding is two blocks");
+    S::store(rw + end, zero);
+    S::store(rw + end + kLanes, zero);
+    if (kGrad) {
+      S::store(rdw + end, zero);
+      S::store(rdw + end + kLanes, zero);
+    }
+    if (k0 < 0) {
+      len = 0;
+      return;
+    }
     if (a.s > T(1)) {  // normalise; with s = 1 the bilinear weights are left as they are
       const T total = S::sum(sum);
-      const typename S::V inv = S::splat(T(1) / total);
-      const typename S::V dnorm = S::splat(kGrad ? S::sum(dsum) / total : T(0));
+      const V inv = S::splat(T(1) / total);
+      const V dnorm = S::splat(kGrad ? S::sum(dsum) / total : T(0));
       for (int64_t b = 0; b < end; b += kLanes) {
-        const typename S::V w = S::load(rw + b);
+        const V w = S::load(rw + b);
         if (kGrad) S::store(rdw + b, (S::load(rdw + b) - w * dnorm) * inv);  // (w' - w sum(w')/W) / W
         S::store(rw + b, w * inv);
       }
     }
-    // Trim the taps without weight (or derivative) at both ends: e.g. s a rounding error
-    // above an integer adds a tap of (almost always) zero weight on each side.
-    auto used = [&](int64_t k) { return rw[k] != T(0) || (kGrad && rdw[k] != T(0)); };
-    int64_t k0 = 0, k1 = count - 1;
-    while (k0 < count && !used(k0)) ++k0;
-    while (k1 > k0 && !used(k1)) --k1;
-    if (k0 == count) {
-      len = 0;
-      return;
-    }
+    // The run is taps k0 .. k1: those without weight (or derivative) at both ends are left out
+    // (e.g. s a rounding error above an integer adds a tap of weight ~0 on each side).
     if (a.first + k0 >= 0 && a.first + k1 < size) {  // inside the image: the taps are the run
       start = a.first + k0;
       len = k1 - k0 + 1;
@@ -242,19 +250,6 @@ class AxisRun {
   std::vector<T> raw_, fold_;  // weights then derivatives, each [kPad | taps | kPad]
 };
 
-// Unnormalised weights at distances d (inside the support): the Gaussian where inv_two_var > 0,
-// else the tent (bilinear at inv_s = 1), as AxisRun::tap_block computes them.
-template <typename T>
-LATENTX_INLINE typename Simd<T>::V tap_weights(typename Simd<T>::V d, T inv_s, T inv_two_var) {
-  using S = Simd<T>;
-  if (inv_two_var > T(0)) {
-    typename S::V e;
-    for (int64_t l = 0; l < kLanes; ++l) e[l] = std::exp(-d[l] * d[l] * inv_two_var);
-    return e;
-  }
-  return T(1) - S::select(d <= T(0), -d, d) * inv_s;
-}
-
 // The x run as a window of NB * kLanes pixels x0 .. inside the row (run.len <= the window's
 // width <= the row's): its weights (0 outside the run) and which lanes hold the run. Pixels
 // outside the run are masked out rather than weighted by 0, so an Inf or NaN there changes
@@ -276,25 +271,14 @@ struct XWindow {
       in[b] = (lane >= T(0)) & (lane < static_cast<T>(r.len));
     }
   }
-  // The same from the weights' formula (tap_weights) at the window's pixels, for a run
-  // start .. start + len - 1 of an axis at `coord` (the forward's fast path).
-  LATENTX_INLINE void set(int64_t start, int64_t len, T coord, T inv_s, T inv_two_var,
-                          int64_t width) {
-    x0 = std::min(start, width - NB * kLanes);
-    for (int64_t b = 0; b < NB; ++b) {
-      const typename S::V px = S::splat(static_cast<T>(x0 + b * kLanes)) + S::iota();
-      in[b] = (px >= static_cast<T>(start)) & (px < static_cast<T>(start + len));
-      w[b] = S::select(in[b], tap_weights(px - coord, inv_s, inv_two_var), S::splat(T(0)));
-    }
-  }
 };
 
 // Channels ch0 .. ch0 + CB - 1 of one pixel, x as a window of NB * kLanes pixels, y as the rows
-// y0 .. y0 + ny - 1 with weights wy: out = scale sum_x wx sum_y wy v. The CB channels share
+// y0 .. y0 + ny - 1 with weights wy: out = sum_x wx sum_y wy v. The CB channels share
 // each row's weight and their sums are independent (instruction-level parallelism).
 template <int64_t CB, int64_t NB, typename scalar_t, typename T>
 LATENTX_INLINE void forward_window_channels(const XWindow<NB, T>& x, const T* wy, int64_t y0,
-                                            int64_t ny, T scale, const scalar_t* in, int64_t ch0,
+                                            int64_t ny, const scalar_t* in, int64_t ch0,
                                             int64_t h, int64_t w, scalar_t* dst,
                                             int64_t plane_out) {
   using S = Simd<T>;
@@ -317,25 +301,25 @@ LATENTX_INLINE void forward_window_channels(const XWindow<NB, T>& x, const T* wy
         acc[k] += S::select(x.in[b], x.w[b] * col[k][b], S::splat(T(0)));
   }
   if (CB == 1) {
-    dst[ch0 * plane_out] = static_cast<scalar_t>(S::sum(acc[0]) * scale);
+    dst[ch0 * plane_out] = static_cast<scalar_t>(S::sum(acc[0]));
     return;
   }
-  const V sums = S::sum4(acc[0], acc[1], acc[2], acc[3]) * scale;
+  const V sums = S::sum4(acc[0], acc[1], acc[2], acc[3]);
   for (int64_t k = 0; k < CB; ++k) dst[(ch0 + k) * plane_out] = static_cast<scalar_t>(sums[k]);
 }
 
 // One pixel, every channel, in blocks of up to 4 channels.
 template <int64_t NB, typename scalar_t, typename T>
 LATENTX_INLINE void forward_window(const XWindow<NB, T>& x, const T* wy, int64_t y0, int64_t ny,
-                                   T scale, const scalar_t* in, int64_t c, int64_t h, int64_t w,
+                                   const scalar_t* in, int64_t c, int64_t h, int64_t w,
                                    scalar_t* dst, int64_t plane_out) {
   int64_t ch = 0;
   for (; ch + 4 <= c; ch += 4)
-    forward_window_channels<4>(x, wy, y0, ny, scale, in, ch, h, w, dst, plane_out);
+    forward_window_channels<4>(x, wy, y0, ny, in, ch, h, w, dst, plane_out);
   switch (c - ch) {
-    case 3: forward_window_channels<3>(x, wy, y0, ny, scale, in, ch, h, w, dst, plane_out); break;
-    case 2: forward_window_channels<2>(x, wy, y0, ny, scale, in, ch, h, w, dst, plane_out); break;
-    case 1: forward_window_channels<1>(x, wy, y0, ny, scale, in, ch, h, w, dst, plane_out); break;
+    case 3: forward_window_channels<3>(x, wy, y0, ny, in, ch, h, w, dst, plane_out); break;
+    case 2: forward_window_channels<2>(x, wy, y0, ny, in, ch, h, w, dst, plane_out); break;
+    case 1: forward_window_channels<1>(x, wy, y0, ny, in, ch, h, w, dst, plane_out); break;
     default: break;
   }
 }
@@ -356,109 +340,25 @@ LATENTX_INLINE void forward_run(const AxisRun<T>& rx, const AxisRun<T>& ry, cons
   }
 }
 
-// --- The forward's fast path --------------------------------------------------------------------
-// For the output pixels whose taps all lie inside the image (most of them), phase 1 finds each
-// axis's run of taps with non-zero weight and 1 / (sum of the weights) for kLanes pixels of a
-// row at once, one pixel per lane: what grid_axis and AxisRun::fill do for one pixel, without
-// their horizontal sums, divisions per pixel and branches. Phase 2 reads each pixel's window
-// with the weights recomputed at its pixels (XWindow::set) and scales the channels' sums by
-// the two normalisers once, instead of normalising every weight. The other pixels (runs that
-// cross an edge or outrun the windows) take AxisRun.
+// --- The footprint estimated from the grid --------------------------------------------------------
 
-// One output row's runs, per pixel (kLanes-padded arrays).
-template <typename T>
-struct RowRuns {
-  // One axis: coordinate (reduced as grid_axis does), 1 / s, 1 / (2 sigma^2) (0: tent), and the
-  // run start .. start + len - 1 (len 0: the location is not finite). Integers held as T.
-  struct Axis {
-    std::vector<T> coord, inv_s, inv_two_var, start, len;
-    explicit Axis(int64_t n) : coord(n), inv_s(n), inv_two_var(n), start(n), len(n) {}
-  };
-  Axis x, y;
-  std::vector<T> scale;   // 1 / (sum wx sum wy); 1 where neither axis is normalised (s = 1)
-  std::vector<T> sx, sy;  // the footprints (row_stretch)
-
-  explicit RowRuns(int64_t wo)
-      : x(round_up(wo, kLanes)), y(round_up(wo, kLanes)), scale(round_up(wo, kLanes)),
-        sx(round_up(wo, kLanes), T(1)), sy(round_up(wo, kLanes), T(1)) {}
-};
-
-// The weights of taps first + k, k < count, of kLanes pixels: their sums, and the first and last
-// k (-1: none) with a non-zero weight. Without kGaussian, every lane's filter is the tent.
-template <bool kGaussian, typename T, typename V = typename Simd<T>::V,
-          typename M = typename Simd<T>::M>
-LATENTX_INLINE void tap_sums(V first, V coord, V radius, V inv_s, V inv_two_var, M gaussian,
-                             int64_t count, V& sum, V& k0, V& k1) {
+// kLanes (x, y) pairs of a grid row from p, split into their x and y values.
+template <typename scalar_t, typename T>
+LATENTX_INLINE void load_pairs(const scalar_t* p, typename Simd<T>::V& x, typename Simd<T>::V& y) {
   using S = Simd<T>;
-  const V zero = S::splat(T(0));
-  for (int64_t k = 0; k < count; ++k) {
-    const V tap = S::splat(T(k));
-    const V d = (first + tap) - coord;
-    V w = T(1) - S::select(d <= T(0), -d, d) * inv_s;
-    if (kGaussian) {
-      V e;
-      for (int64_t l = 0; l < kLanes; ++l) e[l] = std::exp(-d[l] * d[l] * inv_two_var[l]);
-      w = S::select(gaussian, e, w);
-    }
-    w = S::select((d > -radius) & (d <= radius), w, zero);
-    sum += w;
-    const M used = w != zero;
-    k0 = S::select(used & (k0 < zero), tap, k0);
-    k1 = S::select(used, tap, k1);
-  }
-}
-
-// Phase 1, one axis of kLanes pixels at input pixel coordinates `coord` (non-finite: no run)
-// with footprints `stretch`, stored at `at`; returns 1 / sum(w) (1 where s = 1). Follows
-// grid_axis and AxisRun::fill lane by lane.
-template <typename T>
-LATENTX_INLINE typename Simd<T>::V axis_runs(typename Simd<T>::V coord,
-                                             typename Simd<T>::V stretch, int64_t size, T cap,
-                                             int64_t padding, bool align, int64_t filter,
-                                             typename RowRuns<T>::Axis& out, int64_t at) {
-  using S = Simd<T>;
-  using V = typename S::V;
-  using M = typename S::M;
-  const V zero = S::splat(T(0)), one = S::splat(T(1));
-  const M finite = (coord - coord) == zero;
-  coord = S::select(finite, coord, zero);
-  V s = S::select(stretch > one, stretch, one);  // NaN: 1
-  s = S::select(s > cap, S::splat(cap), s);
-  if (filter == kGridFilterNone) s = one;
-  const V inv_s = one / s;
-  const M gaussian = filter == kGridFilterGaussian ? M(s > one) : M{};
-  const V radius = S::select(gaussian, s * T(kGaussianRadiusPerStretch), s);
-  const V sigma = s * T(0.5);
-  const V inv_two_var = S::select(gaussian, one / (T(2) * sigma * sigma), zero);
-  const V reach = S::ceil(radius);
-  if (padding == kGridPadReflection && (size > 1 || !align)) {
-    const T period = T(align ? 2 * (size - 1) : 2 * size);
-    const M far = ((coord > -period) & (coord < period)) == M{};
-    if (S::any(far))
-      for (int64_t l = 0; l < kLanes; ++l)
-        if (far[l]) coord[l] = std::fmod(coord[l], period);
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    const typename S::V lo = S::load(p), hi = S::load(p + kLanes);
+    x = __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14);
+    y = __builtin_shufflevector(lo, hi, 1, 3, 5, 7, 9, 11, 13, 15);
   } else {
-    const V lo = -(reach + T(2)), hi = T(size - 1) + reach + T(2);
-    coord = S::select(coord < lo, lo, S::select(coord > hi, hi, coord));
+    for (int64_t l = 0; l < kLanes; ++l) {
+      x[l] = static_cast<T>(p[2 * l]);
+      y[l] = static_cast<T>(p[2 * l + 1]);
+    }
   }
-  const V first = S::floor(coord) - reach + one;
-  const int64_t count = static_cast<int64_t>(S::max(S::select(finite, T(2) * reach, zero)));
-  V sum = zero, k0 = S::splat(T(-1)), k1 = k0;
-  if (S::any(gaussian))
-    tap_sums<true, T>(first, coord, radius, inv_s, inv_two_var, gaussian, count, sum, k0, k1);
-  else
-    tap_sums<false, T>(first, coord, radius, inv_s, inv_two_var, gaussian, count, sum, k0, k1);
-  S::store(out.coord.data() + at, coord);
-  S::store(out.inv_s.data() + at, inv_s);
-  S::store(out.inv_two_var.data() + at, inv_two_var);
-  S::store(out.start.data() + at, first + k0);
-  S::store(out.len.data() + at, S::select(k0 >= zero, k1 - k0 + one, zero));
-  return S::select(s > one, one / sum, one);
 }
 
-// grid_unnormalize, lane by lane. (Helpers of the multiversioned loops are LATENTX_INLINE
-// functions, not lambdas: a lambda may be compiled once, for the baseline instruction set, and
-// called with vector arguments from the AVX clones in another calling convention.)
+// grid_unnormalize, lane by lane.
 template <typename T>
 LATENTX_INLINE typename Simd<T>::V unnormalize_lanes(typename Simd<T>::V v, int64_t size,
                                                      bool align) {
@@ -480,55 +380,17 @@ LATENTX_INLINE typename Simd<T>::V clamp_stretch_lanes(typename Simd<T>::V squar
   return S::select(S::select(off < T(0), -off, off) <= tol * nearest, nearest, s);
 }
 
-// grid_stretch_at for kLanes pixels of row r of one sample's grid g [Ho, Wo, 2], at columns
-// c0 + l (past the row: its last column), lane by lane.
-template <typename scalar_t, typename T>
-LATENTX_INLINE void stretch_lanes(const scalar_t* g, int64_t ho, int64_t wo, int64_t r,
-                                  int64_t c0, int64_t h, int64_t w, bool align,
-                                  typename Simd<T>::V& sx, typename Simd<T>::V& sy) {
-  using S = Simd<T>;
-  using V = typename S::V;
-  // The neighbours differenced: columns cl, ch along u; rows rl, rh along v.
-  const int64_t rl = r == 0 ? 0 : r - 1, rh = r == ho - 1 ? ho - 1 : r + 1;
-  V ulx, uhx, uly, uhy, vlx, vhx, vly, vhy, u_half;
-  for (int64_t l = 0; l < kLanes; ++l) {
-    const int64_t col = std::min(c0 + l, wo - 1);
-    const int64_t cl = col == 0 ? 0 : col - 1, ch = col == wo - 1 ? wo - 1 : col + 1;
-    const scalar_t* lo = g + 2 * (r * wo + cl);
-    const scalar_t* hi = g + 2 * (r * wo + ch);
-    ulx[l] = static_cast<T>(lo[0]);
-    uly[l] = static_cast<T>(lo[1]);
-    uhx[l] = static_cast<T>(hi[0]);
-    uhy[l] = static_cast<T>(hi[1]);
-    lo = g + 2 * (rl * wo + col);
-    hi = g + 2 * (rh * wo + col);
-    vlx[l] = static_cast<T>(lo[0]);
-    vly[l] = static_cast<T>(lo[1]);
-    vhx[l] = static_cast<T>(hi[0]);
-    vhy[l] = static_cast<T>(hi[1]);
-    u_half[l] = ch - cl == 2 ? T(0.5) : T(1);  // central difference: halved (exactly, as / 2)
-  }
-  const T v_half = rh - rl == 2 ? T(0.5) : T(1);
-  const T u_on = wo < 2 ? T(0) : T(1), v_on = ho < 2 ? T(0) : T(1);  // an axis of length 1: 0
-  V xu = (unnormalize_lanes<T>(uhx, w, align) - unnormalize_lanes<T>(ulx, w, align)) * u_half;
-  V yu = (unnormalize_lanes<T>(uhy, h, align) - unnormalize_lanes<T>(uly, h, align)) * u_half;
-  V xv = (unnormalize_lanes<T>(vhx, w, align) - unnormalize_lanes<T>(vlx, w, align)) * v_half;
-  V yv = (unnormalize_lanes<T>(vhy, h, align) - unnormalize_lanes<T>(vly, h, align)) * v_half;
-  if (u_on == T(0)) xu = yu = S::splat(T(0));
-  if (v_on == T(0)) xv = yv = S::splat(T(0));
-  const T tol = T(grid_stretch_tolerance<scalar_t>()), cap = T(std::max(h, w));
-  sx = clamp_stretch_lanes(xu * xu + xv * xv, tol, cap);
-  sy = clamp_stretch_lanes(yu * yu + yv * yv, tol, cap);
-}
-
-// The footprints of output row `row` of [N * Ho] into sx, sy (kLanes-padded; lanes past the
-// row are left as they are, or copy its last pixel): `stretch` where given, else estimated.
+// The footprints of output row `row` of [N * Ho] into sx, sy: `stretch` where given, else
+// estimated as grid_stretch_at does. The columns whose both neighbours exist (central
+// differences along the row) go kLanes at a time from contiguous loads; the rest one by one.
 template <typename scalar_t, typename T>
 LATENTX_INLINE void row_stretch(const GridSampleArgs& a, const scalar_t* grid, const T* stretch,
                                 int64_t row, T* sx, T* sy) {
   using S = Simd<T>;
+  using V = typename S::V;
   const int64_t h = a.input.size(2), w = a.input.size(3);
   const int64_t ho = a.grid.size(1), wo = a.grid.size(2), r = row % ho;
+  const bool align = a.align_corners;
   if (stretch) {
     for (int64_t col = 0; col < wo; ++col) {
       sx[col] = stretch[2 * (row * wo + col)];
@@ -536,72 +398,227 @@ LATENTX_INLINE void row_stretch(const GridSampleArgs& a, const scalar_t* grid, c
     }
     return;
   }
-  const scalar_t* sample_grid = grid + 2 * (row - r) * wo;
-  for (int64_t c0 = 0; c0 < wo; c0 += kLanes) {
-    typename S::V vx, vy;
-    stretch_lanes<scalar_t, T>(sample_grid, ho, wo, r, c0, h, w, a.align_corners, vx, vy);
-    S::store(sx + c0, vx);
-    S::store(sy + c0, vy);
+  const scalar_t* g = grid + 2 * (row - r) * wo;  // this sample's grid
+  const int64_t rl = r == 0 ? 0 : r - 1, rh = r == ho - 1 ? ho - 1 : r + 1;
+  const T v_scale = ho < 2 ? T(0) : (rh - rl == 2 ? T(0.5) : T(1));  // an axis of length 1: 0
+  const T tol = T(grid_stretch_tolerance<scalar_t>()), cap = T(std::max(h, w));
+  const scalar_t* along_u = g + 2 * r * wo;
+  int64_t col = 1;
+  for (; col + kLanes <= wo - 1; col += kLanes) {
+    V lx, ly, hx, hy, vlx, vly, vhx, vhy;
+    load_pairs<scalar_t, T>(along_u + 2 * (col - 1), lx, ly);
+    load_pairs<scalar_t, T>(along_u + 2 * (col + 1), hx, hy);
+    load_pairs<scalar_t, T>(g + 2 * (rl * wo + col), vlx, vly);
+    load_pairs<scalar_t, T>(g + 2 * (rh * wo + col), vhx, vhy);
+    const V xu = (unnormalize_lanes<T>(hx, w, align) - unnormalize_lanes<T>(lx, w, align)) * T(0.5);
+    const V yu = (unnormalize_lanes<T>(hy, h, align) - unnormalize_lanes<T>(ly, h, align)) * T(0.5);
+    const V xv = (unnormalize_lanes<T>(vhx, w, align) - unnormalize_lanes<T>(vlx, w, align)) * v_scale;
+    const V yv = (unnormalize_lanes<T>(vhy, h, align) - unnormalize_lanes<T>(vly, h, align)) * v_scale;
+    S::store(sx + col, clamp_stretch_lanes(xu * xu + xv * xv, tol, cap));
+    S::store(sy + col, clamp_stretch_lanes(yu * yu + yv * yv, tol, cap));
+  }
+  for (; col < wo; ++col) grid_stretch_at<T>(g, ho, wo, r, col, h, w, align, sx[col], sy[col]);
+  grid_stretch_at<T>(g, ho, wo, r, 0, h, w, align, sx[0], sy[0]);
+}
+
+// --- The forward's direct path -------------------------------------------------------------------
+// Most output pixels have their taps inside the image and at most 2 kLanes of them per axis.
+// For those, phase 1 plans an output row kLanes pixels at a time, one per lane: each axis's
+// taps first .. first + count - 1 and their normalised weights, as grid_axis and AxisRun::fill
+// compute them for one pixel, then transposed to one row of weights per pixel. Phase 2 reads
+// each such pixel's channels through its planned window and rows (forward_window). The other
+// pixels (across an edge, longer runs, not finite) take AxisRun.
+
+// The transpose of an 8 x 8 block: r[i][j] becomes r[j][i].
+template <typename V>
+LATENTX_INLINE void transpose8(V r[8]) {
+  static_assert(kLanes == 8, "the shuffles below are written for 8 lanes");
+  V t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4)
+    for (int j = 0; j < 2; ++j) {
+      u[i + 2 * j] = __builtin_shufflevector(t[i + j], t[i + j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[i + 2 * j + 1] = __builtin_shufflevector(t[i + j], t[i + j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = __builtin_shufflevector(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    r[j + 4] = __builtin_shufflevector(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
   }
 }
 
-// Phase 1 of output row `row` of [N * Ho].
-template <typename scalar_t, typename T>
-LATENTX_INLINE void plan_row(const GridSampleArgs& a, const scalar_t* grid, const T* stretch,
-                             int64_t row, RowRuns<T>& runs) {
+// One output row's plan, per pixel (arrays of the row's width rounded up to kLanes).
+template <typename T>
+struct RowPlan {
+  using I = typename Simd<T>::I;
+  static constexpr int64_t kTaps = 2 * kLanes;  // taps planned per axis
+  // The x window's blocks (0: the pixel takes AxisRun), its first pixel, the first row and the
+  // number of rows, and the row weights' offset in wy (the first tap with a weight).
+  std::vector<I> blocks, x0, y0, ny, wy_at;
+  std::vector<T> wx, wy;  // [pixel][kTaps]: the weights of taps first .. first + kTaps - 1
+
+  explicit RowPlan(int64_t wo)
+      : blocks(round_up(wo, kLanes)), x0(blocks.size()), y0(blocks.size()), ny(blocks.size()),
+        wy_at(blocks.size()), wx(blocks.size() * kTaps), wy(blocks.size() * kTaps) {}
+};
+
+// Phase 1, one axis of kLanes pixels at input pixel coordinates `coord` (where `finite`) with
+// footprints `stretch`, lane by lane as grid_axis and AxisRun::fill (forward): writes pixel l's
+// normalised weights of taps first .. first + kTaps - 1 to weights[l * kTaps ..] (0 past its
+// support), and returns first, the first and last taps k0, k1 with a weight (-1: none) and
+// whether the pixel's taps are planned (finite, at most kTaps of them).
+template <typename T>
+LATENTX_INLINE void plan_axis(typename Simd<T>::V coord, typename Simd<T>::V stretch,
+                              typename Simd<T>::M finite, int64_t size, T cap, int64_t padding,
+                              bool align, int64_t filter, T* weights, typename Simd<T>::V& first,
+                              typename Simd<T>::V& k0, typename Simd<T>::V& k1,
+                              typename Simd<T>::M& planned) {
   using S = Simd<T>;
   using V = typename S::V;
+  using M = typename S::M;
+  constexpr int64_t kTaps = RowPlan<T>::kTaps;
+  const V zero = S::splat(T(0)), one = S::splat(T(1));
+  coord = S::select(finite, coord, zero);
+  V s = S::select(stretch > one, stretch, one);  // NaN: 1
+  s = S::select(s > cap, S::splat(cap), s);
+  if (filter == kGridFilterNone) s = one;
+  const V inv_s = one / s;
+  const M gaussian = filter == kGridFilterGaussian ? M(s > one) : M{};
+  const V radius = S::select(gaussian, s * T(kGaussianRadiusPerStretch), s);
+  const V sigma = s * T(0.5);
+  const V inv_two_var = S::select(gaussian, one / (T(2) * sigma * sigma), zero);
+  const V reach = S::ceil(radius);
+  if (padding == kGridPadReflection && (size > 1 || !align)) {
+    const T period = T(align ? 2 * (size - 1) : 2 * size);
+    const M far = ((coord > -period) & (coord < period)) == M{};
+    if (S::bits(far))
+      for (int64_t l = 0; l < kLanes; ++l)
+        if (far[l]) coord[l] = std::fmod(coord[l], period);
+  } else {
+    const V lo = -(reach + T(2)), hi = T(size - 1) + reach + T(2);
+    coord = S::select(coord < lo, lo, S::select(coord > hi, hi, coord));
+  }
+  first = S::floor(coord) - reach + one;
+  planned = finite & (T(2) * reach <= T(kTaps));
+  // Taps past the longest planned run have no weight in any lane.
+  T longest = T(0);
+  for (int64_t l = 0; l < kLanes; ++l)
+    if (planned[l]) longest = std::max(longest, T(2) * reach[l]);
+  const int64_t count = static_cast<int64_t>(longest);
+  const bool any_gaussian = S::bits(gaussian) != 0;
+  V w[kTaps], sum = zero;
+  k0 = k1 = S::splat(T(-1));
+  for (int64_t k = 0; k < kTaps; ++k) {
+    if (k >= count) {
+      w[k] = zero;
+      continue;
+    }
+    const V tap = S::splat(T(k));
+    const V d = (first + tap) - coord;
+    w[k] = T(1) - S::select(d <= T(0), -d, d) * inv_s;
+    if (any_gaussian) {
+      V e;
+      for (int64_t l = 0; l < kLanes; ++l) e[l] = std::exp(-d[l] * d[l] * inv_two_var[l]);
+      w[k] = S::select(gaussian, e, w[k]);
+    }
+    w[k] = S::select((d > -radius) & (d <= radius), w[k], zero);
+    sum += w[k];
+    const M used = w[k] != zero;
+    k0 = S::select(used & (k0 < zero), tap, k0);
+    k1 = S::select(used, tap, k1);
+  }
+  const V inv = S::select(s > one, one / sum, one);  // normalised where s > 1
+  for (int64_t b = 0; b < kTaps; b += kLanes) {
+    if (b >= count) {
+      for (int64_t l = 0; l < kLanes; ++l) S::store(weights + l * kTaps + b, zero);
+      continue;
+    }
+    for (int64_t k = b; k < b + kLanes; ++k) w[k] *= inv;
+    transpose8(w + b);  // w[b + l] now holds pixel l's weights of taps b .. b + kLanes - 1
+    for (int64_t l = 0; l < kLanes; ++l) S::store(weights + l * kTaps + b, w[b + l]);
+  }
+}
+
+// Phase 1 of output row `row` of [N * Ho], whose footprints are sx, sy.
+template <typename scalar_t, typename T>
+LATENTX_INLINE void plan_row(const GridSampleArgs& a, const scalar_t* grid, const T* sx,
+                             const T* sy, int64_t row, RowPlan<T>& plan) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  using M = typename S::M;
+  using I = typename S::I;
+  constexpr int64_t kTaps = RowPlan<T>::kTaps;
   const int64_t h = a.input.size(2), w = a.input.size(3), wo = a.grid.size(2);
   const T cap = T(std::max(h, w));
   const bool align = a.align_corners;
-  row_stretch(a, grid, stretch, row, runs.sx.data(), runs.sy.data());
+  const V zero = S::splat(T(0));
   for (int64_t c0 = 0; c0 < wo; c0 += kLanes) {
     V gx, gy;
-    for (int64_t l = 0; l < kLanes; ++l) {
-      const int64_t p = row * wo + std::min(c0 + l, wo - 1);  // lanes past the row: a copy
-      gx[l] = static_cast<T>(grid[2 * p]);
-      gy[l] = static_cast<T>(grid[2 * p + 1]);
+    if (c0 + kLanes <= wo) {
+      load_pairs<scalar_t, T>(grid + 2 * (row * wo + c0), gx, gy);
+    } else {
+      for (int64_t l = 0; l < kLanes; ++l) {  // lanes past the row: a copy of its last pixel
+        const int64_t p = row * wo + std::min(c0 + l, wo - 1);
+        gx[l] = static_cast<T>(grid[2 * p]);
+        gy[l] = static_cast<T>(grid[2 * p + 1]);
+      }
     }
-    const V sx = S::load(runs.sx.data() + c0), sy = S::load(runs.sy.data() + c0);
-    // grid_unnormalize, lane by lane.
-    const V ix = align ? (gx + T(1)) / T(2) * T(w - 1) : ((gx + T(1)) * T(w) - T(1)) / T(2);
-    const V iy = align ? (gy + T(1)) / T(2) * T(h - 1) : ((gy + T(1)) * T(h) - T(1)) / T(2);
-    const V nx = axis_runs(ix, sx, w, cap, a.padding, align, a.filter, runs.x, c0);
-    const V ny = axis_runs(iy, sy, h, cap, a.padding, align, a.filter, runs.y, c0);
-    S::store(runs.scale.data() + c0, nx * ny);
+    const V ix = unnormalize_lanes<T>(gx, w, align), iy = unnormalize_lanes<T>(gy, h, align);
+    const M finite = ((ix - ix) == zero) & ((iy - iy) == zero);
+    V fx, kx0, kx1, fy, ky0, ky1;
+    M px, py;
+    plan_axis<T>(ix, S::load(sx + c0), finite, w, cap, a.padding, align, a.filter,
+                 plan.wx.data() + c0 * kTaps, fx, kx0, kx1, px);
+    plan_axis<T>(iy, S::load(sy + c0), finite, h, cap, a.padding, align, a.filter,
+                 plan.wy.data() + c0 * kTaps, fy, ky0, ky1, py);
+    // The direct path: the x window (1 block for up to kLanes taps, else 2) from the first tap
+    // inside the row, the rows with a weight inside the image.
+    const V blocks = S::select(kx1 < T(kLanes), S::splat(T(1)), S::splat(T(2)));
+    const M direct = px & py & (kx0 >= zero) & (ky0 >= zero) & (fx >= zero) &
+                     (fx + blocks * T(kLanes) <= T(w)) & (fy + ky0 >= zero) & (fy + ky1 < T(h));
+    const M nb = S::to_int(S::select(direct, blocks, zero));
+    std::memcpy(plan.blocks.data() + c0, &nb, sizeof nb);
+    const M x0 = S::to_int(fx), y0 = S::to_int(fy + ky0), ny = S::to_int(ky1 - ky0 + T(1));
+    const M at = S::to_int(ky0);
+    std::memcpy(plan.x0.data() + c0, &x0, sizeof x0);
+    std::memcpy(plan.y0.data() + c0, &y0, sizeof y0);
+    std::memcpy(plan.ny.data() + c0, &ny, sizeof ny);
+    std::memcpy(plan.wy_at.data() + c0, &at, sizeof at);
+    static_assert(sizeof(I) * kLanes == sizeof(M), "one plan entry per lane");
   }
 }
 
-// Phase 2 for pixel `col` of a planned row; false where it takes AxisRun instead.
+// Phase 2 for pixel `col` of a planned row: every channel through its window; false where the
+// pixel takes AxisRun instead.
 template <typename scalar_t, typename T>
-LATENTX_INLINE bool forward_fast(const RowRuns<T>& runs, int64_t col, const scalar_t* in,
-                                 int64_t c, int64_t h, int64_t w, scalar_t* dst,
-                                 int64_t plane_out) {
+LATENTX_INLINE bool forward_planned(const RowPlan<T>& plan, int64_t col, const scalar_t* in,
+                                    int64_t c, int64_t h, int64_t w, scalar_t* dst,
+                                    int64_t plane_out) {
   using S = Simd<T>;
-  const auto& rx = runs.x;
-  const auto& ry = runs.y;
-  const int64_t x0 = static_cast<int64_t>(rx.start[col]), nx = static_cast<int64_t>(rx.len[col]);
-  const int64_t y0 = static_cast<int64_t>(ry.start[col]), ny = static_cast<int64_t>(ry.len[col]);
-  if (nx == 0 || ny == 0 || x0 < 0 || x0 + nx > w || y0 < 0 || y0 + ny > h || ny > 2 * kLanes)
-    return false;
-  T wy[2 * kLanes];
-  for (int64_t b = 0; b * kLanes < ny; ++b) {
-    const typename S::V py = S::splat(static_cast<T>(y0 + b * kLanes)) + S::iota();
-    S::store(wy + b * kLanes, tap_weights(py - ry.coord[col], ry.inv_s[col], ry.inv_two_var[col]));
-  }
-  if (nx <= kLanes && w >= kLanes) {
+  constexpr int64_t kTaps = RowPlan<T>::kTaps;
+  const int64_t blocks = plan.blocks[col];
+  if (blocks == 0) return false;
+  const T* wx = plan.wx.data() + col * kTaps;
+  const T* wy = plan.wy.data() + col * kTaps + plan.wy_at[col];
+  const int64_t y0 = plan.y0[col], ny = plan.ny[col];
+  if (blocks == 1) {
     XWindow<1, T> xw;
-    xw.set(x0, nx, rx.coord[col], rx.inv_s[col], rx.inv_two_var[col], w);
-    forward_window<1>(xw, wy, y0, ny, runs.scale[col], in, c, h, w, dst, plane_out);
-    return true;
-  }
-  if (nx <= 2 * kLanes && w >= 2 * kLanes) {
+    xw.x0 = plan.x0[col];
+    xw.w[0] = S::load(wx);
+    xw.in[0] = xw.w[0] != T(0);
+    forward_window<1>(xw, wy, y0, ny, in, c, h, w, dst, plane_out);
+  } else {
     XWindow<2, T> xw;
-    xw.set(x0, nx, rx.coord[col], rx.inv_s[col], rx.inv_two_var[col], w);
-    forward_window<2>(xw, wy, y0, ny, runs.scale[col], in, c, h, w, dst, plane_out);
-    return true;
+    xw.x0 = plan.x0[col];
+    for (int64_t b = 0; b < 2; ++b) {
+      xw.w[b] = S::load(wx + b * kLanes);
+      xw.in[b] = xw.w[b] != T(0);
+    }
+    forward_window<2>(xw, wy, y0, ny, in, c, h, w, dst, plane_out);
   }
-  return false;
+  return true;
 }
 
 // The x and y tap runs of output pixel p (index in [N, Ho, Wo]) with footprints sx, sy; false
@@ -633,22 +650,18 @@ LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o,
   const scalar_t* grid = a.grid.const_data_ptr<scalar_t>();
   const T* stretch = a.stretch.defined() ? a.stretch.const_data_ptr<T>() : nullptr;
   AxisRun<T> rx(max_taps), ry(max_taps);
-  RowRuns<T> runs(wo);
-  // The Gaussian's weights cost an exp each: the fast path would compute them twice (the sums,
-  // then the windows), which is slower than AxisRun's once.
-  const bool fast = a.filter != kGridFilterGaussian;
+  std::vector<T> sx(round_up(wo, kLanes)), sy(round_up(wo, kLanes));
+  RowPlan<T> plan(wo);
   for (int64_t row = begin; row < end; ++row) {
     const int64_t s = row / ho, r = row % ho;
     const scalar_t* plane = in + s * c * h * w;
-    if (fast)
-      plan_row(a, grid, stretch, row, runs);
-    else
-      row_stretch(a, grid, stretch, row, runs.sx.data(), runs.sy.data());
+    row_stretch(a, grid, stretch, row, sx.data(), sy.data());
+    plan_row(a, grid, sx.data(), sy.data(), row, plan);
     for (int64_t col = 0; col < wo; ++col) {
       const int64_t p = row * wo + col;  // pixel index in [N, Ho, Wo]
       scalar_t* dst = o + s * c * plane_out + r * wo + col;
-      if (fast && forward_fast(runs, col, plane, c, h, w, dst, plane_out)) continue;
-      if (!pixel_runs<false>(a, grid, runs.sx[col], runs.sy[col], p, rx, ry)) {  // undefined location: 0 by definition
+      if (forward_planned(plan, col, plane, c, h, w, dst, plane_out)) continue;
+      if (!pixel_runs<false>(a, grid, sx[col], sy[col], p, rx, ry)) {  // undefined location: 0 by definition
         for (int64_t ch = 0; ch < c; ++ch) dst[ch * plane_out] = scalar_t(0);
         continue;
       }
@@ -657,11 +670,11 @@ LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o,
       } else if (rx.len <= kLanes && w >= kLanes) {
         XWindow<1, T> xw;
         xw.template set<false>(rx, w);
-        forward_window<1>(xw, ry.w, ry.start, ry.len, T(1), plane, c, h, w, dst, plane_out);
+        forward_window<1>(xw, ry.w, ry.start, ry.len, plane, c, h, w, dst, plane_out);
       } else if (rx.len <= 2 * kLanes && w >= 2 * kLanes) {
         XWindow<2, T> xw;
         xw.template set<false>(rx, w);
-        forward_window<2>(xw, ry.w, ry.start, ry.len, T(1), plane, c, h, w, dst, plane_out);
+        forward_window<2>(xw, ry.w, ry.start, ry.len, plane, c, h, w, dst, plane_out);
       } else {
         forward_run(rx, ry, plane, c, h, w, dst, plane_out);
       }
@@ -779,7 +792,7 @@ LATENTX_CPU_MULTIVERSION void backward_samples(const GridSampleArgs& a, const sc
   const scalar_t* grid = a.grid.const_data_ptr<scalar_t>();
   const T* stretch = a.stretch.defined() ? a.stretch.const_data_ptr<T>() : nullptr;
   AxisRun<T> rx(max_taps), ry(max_taps);
-  std::vector<T> sx(round_up(wo, kLanes), T(1)), sy(round_up(wo, kLanes), T(1));
+  std::vector<T> sx(round_up(wo, kLanes)), sy(round_up(wo, kLanes));
   for (int64_t s = begin; s < end; ++s) {
     // The input is read only for the grid's gradient.
     const scalar_t* plane = gg ? in + s * c * h * w : nullptr;
