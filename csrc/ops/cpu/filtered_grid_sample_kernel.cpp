@@ -103,6 +103,14 @@ struct Simd {
     b |= __builtin_shufflevector(b, b, 1, 0, 0, 0, 0, 0, 0, 0);
     return static_cast<uint32_t>(b[0]);
   }
+  // The largest lane.
+  static LATENTX_INLINE T max(V v) {
+    v = select(v > __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3), v,
+               __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3));
+    v = select(v > __builtin_shufflevector(v, v, 2, 3, 0, 1, 2, 3, 0, 1), v,
+               __builtin_shufflevector(v, v, 2, 3, 0, 1, 2, 3, 0, 1));
+    return v[0] > v[1] ? v[0] : v[1];
+  }
   // Values within the integer type's range, truncated to it (integers held as T: exact).
   static LATENTX_INLINE M to_int(V x) { return __builtin_convertvector(x, M); }
   // floor and ceil of values within the integer type's range (input pixel coordinates).
@@ -135,41 +143,21 @@ class AxisRun {
   // weights (over every tap, padded ones included) are taken here, as the weights are made.
   template <bool kGrad>
   LATENTX_INLINE void fill(const GridAxis<T>& a, int64_t size, int64_t padding, bool align) {
-    T* rw = raw_.data() + kPad;
-    T* rdw = rw + stride_;
-    const int64_t count = a.count, end = round_up(count, kLanes);
     using S = Simd<T>;
     using V = typename S::V;
-    const V zero = S::splat(T(0));
-    V sum = zero, dsum = zero;
-    int64_t k0 = -1, k1 = -1;  // the first and last taps with a weight (or derivative)
+    T* rw = raw_.data() + kPad;
+    T* rdw = rw + stride_;
+    const int64_t end = round_up(a.count, kLanes);
+    V sum = S::splat(T(0)), dsum = sum;
     for (int64_t b = 0; b < end; b += kLanes) {
       V w, dw;
       tap_block<kGrad>(a, b, w, dw);
       S::store(rw + b, w);
       sum += w;
-      typename S::M used = w != zero;
       if (kGrad) {
         S::store(rdw + b, dw);
         dsum += dw;
-        used |= dw != zero;
       }
-      if (const uint32_t bits = S::bits(used)) {
-        if (k0 < 0) k0 = b + __builtin_ctz(bits);
-        k1 = b + 31 - __builtin_clz(bits);
-      }
-    }
-    // A longer run of an earlier pixel may have left weights past this one's blocks.
-    static_assert(kPad == 2 * kLanes, "the padding is two blocks");
-    S::store(rw + end, zero);
-    S::store(rw + end + kLanes, zero);
-    if (kGrad) {
-      S::store(rdw + end, zero);
-      S::store(rdw + end + kLanes, zero);
-    }
-    if (k0 < 0) {
-      len = 0;
-      return;
     }
     if (a.s > T(1)) {  // normalise; with s = 1 the bilinear weights are left as they are
       const T total = S::sum(sum);
@@ -181,10 +169,52 @@ class AxisRun {
         S::store(rw + b, w * inv);
       }
     }
-    // The run is taps k0 .. k1: those without weight (or derivative) at both ends are left out
-    // (e.g. s a rounding error above an integer adds a tap of weight ~0 on each side).
-    if (a.first + k0 >= 0 && a.first + k1 < size) {  // inside the image: the taps are the run
-      start = a.first + k0;
+    place<kGrad>(a.first, end, size, padding, align);
+  }
+
+  // The forward's planned (normalised) weights of taps first .. first + count - 1, count a
+  // multiple of kLanes.
+  LATENTX_INLINE void fill(const T* weights, int64_t first, int64_t count, int64_t size,
+                           int64_t padding, bool align) {
+    std::memcpy(raw_.data() + kPad, weights, count * sizeof(T));
+    place<false>(first, count, size, padding, align);
+  }
+
+ private:
+  // The run of the weights (and derivatives) of taps first + k, k < end (a multiple of kLanes),
+  // in the buffers: the taps without weight (or derivative) at both ends are left out (e.g. s a
+  // rounding error above an integer adds a tap of weight ~0 on each side), and those across an
+  // edge are folded onto the pixels they read.
+  template <bool kGrad>
+  LATENTX_INLINE void place(int64_t first, int64_t end, int64_t size, int64_t padding, bool align) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    const V zero = S::splat(T(0));
+    T* rw = raw_.data() + kPad;
+    T* rdw = rw + stride_;
+    // A longer run of an earlier pixel may have left weights past this one's blocks.
+    static_assert(kPad == 2 * kLanes, "the padding is two blocks");
+    S::store(rw + end, zero);
+    S::store(rw + end + kLanes, zero);
+    if (kGrad) {
+      S::store(rdw + end, zero);
+      S::store(rdw + end + kLanes, zero);
+    }
+    int64_t k0 = -1, k1 = -1;  // the first and last taps with a weight (or derivative)
+    for (int64_t b = 0; b < end; b += kLanes) {
+      typename S::M used = S::load(rw + b) != zero;
+      if (kGrad) used |= S::load(rdw + b) != zero;
+      if (const uint32_t bits = S::bits(used)) {
+        if (k0 < 0) k0 = b + __builtin_ctz(bits);
+        k1 = b + 31 - __builtin_clz(bits);
+      }
+    }
+    if (k0 < 0) {
+      len = 0;
+      return;
+    }
+    if (first + k0 >= 0 && first + k1 < size) {  // inside the image: the taps are the run
+      start = first + k0;
       len = k1 - k0 + 1;
       w = rw + k0;
       dw = rdw + k0;
@@ -195,7 +225,7 @@ class AxisRun {
     // no longer than the taps.
     int64_t lo = size, hi = -1;
     for (int64_t k = k0; k <= k1; ++k) {
-      const int64_t i = grid_pad_index(a.first + k, size, padding, align);
+      const int64_t i = grid_pad_index(first + k, size, padding, align);
       if (i < 0) continue;
       lo = std::min(lo, i);
       hi = std::max(hi, i);
@@ -209,7 +239,7 @@ class AxisRun {
     std::fill(fw, fw + (hi - lo + 1) + kPad, T(0));
     if (kGrad) std::fill(fdw, fdw + (hi - lo + 1) + kPad, T(0));
     for (int64_t k = k0; k <= k1; ++k) {
-      const int64_t i = grid_pad_index(a.first + k, size, padding, align);
+      const int64_t i = grid_pad_index(first + k, size, padding, align);
       if (i < 0) continue;
       fw[i - lo] += rw[k];
       if (kGrad) fdw[i - lo] += rdw[k];
@@ -220,7 +250,6 @@ class AxisRun {
     dw = fdw;
   }
 
- private:
   // Unnormalised weights (and derivatives) of taps b .. b + kLanes - 1: grid_tap_weight,
   // branch-free. The taps from `count` on lie beyond the support (d > radius): weight 0.
   // T(first) + T(l) is T(first + l) exactly for any image under 2^24 pixels a side. The tent
@@ -403,22 +432,25 @@ LATENTX_INLINE void row_stretch(const GridSampleArgs& a, const scalar_t* grid, c
   const T v_scale = ho < 2 ? T(0) : (rh - rl == 2 ? T(0.5) : T(1));  // an axis of length 1: 0
   const T tol = T(grid_stretch_tolerance<scalar_t>()), cap = T(std::max(h, w));
   const scalar_t* along_u = g + 2 * r * wo;
-  int64_t col = 1;
-  for (; col + kLanes <= wo - 1; col += kLanes) {
+  // Blocks of kLanes columns whose two neighbours exist: from column 1, the last block ending
+  // at column wo - 2 (it may overlap the one before it: the same values again).
+  const int64_t last = wo - 1 - kLanes;  // the last block's first column
+  for (int64_t c0 = 1; c0 <= last; c0 = c0 < last ? std::min(c0 + kLanes, last) : last + 1) {
     V lx, ly, hx, hy, vlx, vly, vhx, vhy;
-    load_pairs<scalar_t, T>(along_u + 2 * (col - 1), lx, ly);
-    load_pairs<scalar_t, T>(along_u + 2 * (col + 1), hx, hy);
-    load_pairs<scalar_t, T>(g + 2 * (rl * wo + col), vlx, vly);
-    load_pairs<scalar_t, T>(g + 2 * (rh * wo + col), vhx, vhy);
+    load_pairs<scalar_t, T>(along_u + 2 * (c0 - 1), lx, ly);
+    load_pairs<scalar_t, T>(along_u + 2 * (c0 + 1), hx, hy);
+    load_pairs<scalar_t, T>(g + 2 * (rl * wo + c0), vlx, vly);
+    load_pairs<scalar_t, T>(g + 2 * (rh * wo + c0), vhx, vhy);
     const V xu = (unnormalize_lanes<T>(hx, w, align) - unnormalize_lanes<T>(lx, w, align)) * T(0.5);
     const V yu = (unnormalize_lanes<T>(hy, h, align) - unnormalize_lanes<T>(ly, h, align)) * T(0.5);
     const V xv = (unnormalize_lanes<T>(vhx, w, align) - unnormalize_lanes<T>(vlx, w, align)) * v_scale;
     const V yv = (unnormalize_lanes<T>(vhy, h, align) - unnormalize_lanes<T>(vly, h, align)) * v_scale;
-    S::store(sx + col, clamp_stretch_lanes(xu * xu + xv * xv, tol, cap));
-    S::store(sy + col, clamp_stretch_lanes(yu * yu + yv * yv, tol, cap));
+    S::store(sx + c0, clamp_stretch_lanes(xu * xu + xv * xv, tol, cap));
+    S::store(sy + c0, clamp_stretch_lanes(yu * yu + yv * yv, tol, cap));
   }
-  for (; col < wo; ++col) grid_stretch_at<T>(g, ho, wo, r, col, h, w, align, sx[col], sy[col]);
-  grid_stretch_at<T>(g, ho, wo, r, 0, h, w, align, sx[0], sy[0]);
+  // The rest one by one: the end columns, and every column of a row too short for a block.
+  for (int64_t col = 0; col < wo; col = (col == 0 && last >= 1) ? wo - 1 : col + 1)
+    grid_stretch_at<T>(g, ho, wo, r, col, h, w, align, sx[col], sy[col]);
 }
 
 // --- The forward's direct path -------------------------------------------------------------------
@@ -454,8 +486,9 @@ template <typename T>
 struct RowPlan {
   using I = typename Simd<T>::I;
   static constexpr int64_t kTaps = 2 * kLanes;  // taps planned per axis
-  // The x window's blocks (0: the pixel takes AxisRun), its first pixel, the first row and the
-  // number of rows, and the row weights' offset in wy (the first tap with a weight).
+  // The x window's blocks (-1: across an edge, AxisRun from the planned weights; 0: AxisRun),
+  // its first pixel (x's first tap), the first row with a weight and the number of rows, and
+  // that row's tap (its weight's offset in wy).
   std::vector<I> blocks, x0, y0, ny, wy_at;
   std::vector<T> wx, wy;  // [pixel][kTaps]: the weights of taps first .. first + kTaps - 1
 
@@ -503,18 +536,12 @@ LATENTX_INLINE void plan_axis(typename Simd<T>::V coord, typename Simd<T>::V str
   first = S::floor(coord) - reach + one;
   planned = finite & (T(2) * reach <= T(kTaps));
   // Taps past the longest planned run have no weight in any lane.
-  T longest = T(0);
-  for (int64_t l = 0; l < kLanes; ++l)
-    if (planned[l]) longest = std::max(longest, T(2) * reach[l]);
-  const int64_t count = static_cast<int64_t>(longest);
+  const int64_t count = static_cast<int64_t>(S::max(S::select(planned, T(2) * reach, zero)));
+  const int64_t end = round_up(count, kLanes);
   const bool any_gaussian = S::bits(gaussian) != 0;
   V w[kTaps], sum = zero;
   k0 = k1 = S::splat(T(-1));
-  for (int64_t k = 0; k < kTaps; ++k) {
-    if (k >= count) {
-      w[k] = zero;
-      continue;
-    }
+  for (int64_t k = 0; k < count; ++k) {
     const V tap = S::splat(T(k));
     const V d = (first + tap) - coord;
     w[k] = T(1) - S::select(d <= T(0), -d, d) * inv_s;
@@ -529,9 +556,10 @@ LATENTX_INLINE void plan_axis(typename Simd<T>::V coord, typename Simd<T>::V str
     k0 = S::select(used & (k0 < zero), tap, k0);
     k1 = S::select(used, tap, k1);
   }
+  for (int64_t k = count; k < end; ++k) w[k] = zero;
   const V inv = S::select(s > one, one / sum, one);  // normalised where s > 1
   for (int64_t b = 0; b < kTaps; b += kLanes) {
-    if (b >= count) {
+    if (b >= end) {
       for (int64_t l = 0; l < kLanes; ++l) S::store(weights + l * kTaps + b, zero);
       continue;
     }
@@ -574,11 +602,12 @@ LATENTX_INLINE void plan_row(const GridSampleArgs& a, const scalar_t* grid, cons
     plan_axis<T>(iy, S::load(sy + c0), finite, h, cap, a.padding, align, a.filter,
                  plan.wy.data() + c0 * kTaps, fy, ky0, ky1, py);
     // The direct path: the x window (1 block for up to kLanes taps, else 2) from the first tap
-    // inside the row, the rows with a weight inside the image.
+    // inside the row, the rows with a weight inside the image. The other planned pixels lie
+    // across an edge.
     const V blocks = S::select(kx1 < T(kLanes), S::splat(T(1)), S::splat(T(2)));
     const M direct = px & py & (kx0 >= zero) & (ky0 >= zero) & (fx >= zero) &
                      (fx + blocks * T(kLanes) <= T(w)) & (fy + ky0 >= zero) & (fy + ky1 < T(h));
-    const M nb = S::to_int(S::select(direct, blocks, zero));
+    const M nb = S::to_int(S::select(direct, blocks, S::select(px & py, S::splat(T(-1)), zero)));
     std::memcpy(plan.blocks.data() + c0, &nb, sizeof nb);
     const M x0 = S::to_int(fx), y0 = S::to_int(fy + ky0), ny = S::to_int(ky1 - ky0 + T(1));
     const M at = S::to_int(ky0);
@@ -590,16 +619,14 @@ LATENTX_INLINE void plan_row(const GridSampleArgs& a, const scalar_t* grid, cons
   }
 }
 
-// Phase 2 for pixel `col` of a planned row: every channel through its window; false where the
-// pixel takes AxisRun instead.
+// Phase 2 for pixel `col` of a planned row whose window lies inside the image (blocks > 0):
+// every channel through its window.
 template <typename scalar_t, typename T>
-LATENTX_INLINE bool forward_planned(const RowPlan<T>& plan, int64_t col, const scalar_t* in,
-                                    int64_t c, int64_t h, int64_t w, scalar_t* dst,
-                                    int64_t plane_out) {
+LATENTX_INLINE void forward_planned(const RowPlan<T>& plan, int64_t col, int64_t blocks,
+                                    const scalar_t* in, int64_t c, int64_t h, int64_t w,
+                                    scalar_t* dst, int64_t plane_out) {
   using S = Simd<T>;
   constexpr int64_t kTaps = RowPlan<T>::kTaps;
-  const int64_t blocks = plan.blocks[col];
-  if (blocks == 0) return false;
   const T* wx = plan.wx.data() + col * kTaps;
   const T* wy = plan.wy.data() + col * kTaps + plan.wy_at[col];
   const int64_t y0 = plan.y0[col], ny = plan.ny[col];
@@ -618,7 +645,6 @@ LATENTX_INLINE bool forward_planned(const RowPlan<T>& plan, int64_t col, const s
     }
     forward_window<2>(xw, wy, y0, ny, in, c, h, w, dst, plane_out);
   }
-  return true;
 }
 
 // The x and y tap runs of output pixel p (index in [N, Ho, Wo]) with footprints sx, sy; false
@@ -660,9 +686,18 @@ LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o,
     for (int64_t col = 0; col < wo; ++col) {
       const int64_t p = row * wo + col;  // pixel index in [N, Ho, Wo]
       scalar_t* dst = o + s * c * plane_out + r * wo + col;
-      if (forward_planned(plan, col, plane, c, h, w, dst, plane_out)) continue;
-      if (!pixel_runs<false>(a, grid, sx[col], sy[col], p, rx, ry)) {  // undefined location: 0 by definition
-        for (int64_t ch = 0; ch < c; ++ch) dst[ch * plane_out] = scalar_t(0);
+      const int64_t blocks = plan.blocks[col];
+      if (blocks > 0) {
+        forward_planned(plan, col, blocks, plane, c, h, w, dst, plane_out);
+        continue;
+      }
+      if (blocks < 0) {  // planned, across an edge
+        constexpr int64_t kTaps = RowPlan<T>::kTaps;
+        rx.fill(plan.wx.data() + col * kTaps, plan.x0[col], kTaps, w, a.padding, a.align_corners);
+        ry.fill(plan.wy.data() + col * kTaps, plan.y0[col] - plan.wy_at[col], kTaps, h, a.padding,
+                a.align_corners);
+      } else if (!pixel_runs<false>(a, grid, sx[col], sy[col], p, rx, ry)) {
+        for (int64_t ch = 0; ch < c; ++ch) dst[ch * plane_out] = scalar_t(0);  // undefined location: 0
         continue;
       }
       if (rx.len == 0 || ry.len == 0) {  // every tap reads zero padding
