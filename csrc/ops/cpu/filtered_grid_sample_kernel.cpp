@@ -137,7 +137,7 @@ class AxisRun {
 
   explicit AxisRun(int64_t max_taps)
       : stride_(kPad + round_up(max_taps, kLanes) + kPad),
-        raw_(2 * stride_, T(0)), fold_(2 * stride_, T(0)) {}
+        raw_(2 * stride_, T(0)), fold_(2 * stride_, T(0)), read_(stride_) {}
 
   // `a` comes without its normalisation (grid_axis(..., normalize=false)): the sums of the
   // weights (over every tap, padded ones included) are taken here, as the weights are made.
@@ -223,9 +223,11 @@ class AxisRun {
     // Across an edge: fold the taps onto the pixels they read. Consecutive taps read the same
     // or adjacent pixels (or none, outside under zero padding), so the pixels read form a run
     // no longer than the taps.
+    int64_t* read = read_.data();  // the pixel tap k0 + j reads (-1: none)
     int64_t lo = size, hi = -1;
     for (int64_t k = k0; k <= k1; ++k) {
       const int64_t i = grid_pad_index(first + k, size, padding, align);
+      read[k - k0] = i;
       if (i < 0) continue;
       lo = std::min(lo, i);
       hi = std::max(hi, i);
@@ -236,10 +238,12 @@ class AxisRun {
     }
     T* fw = fold_.data() + kPad;
     T* fdw = fw + stride_;
-    std::fill(fw, fw + (hi - lo + 1) + kPad, T(0));
-    if (kGrad) std::fill(fdw, fdw + (hi - lo + 1) + kPad, T(0));
+    for (int64_t b = 0; b < (hi - lo + 1) + kPad; b += kLanes) {
+      S::store(fw + b, zero);
+      if (kGrad) S::store(fdw + b, zero);
+    }
     for (int64_t k = k0; k <= k1; ++k) {
-      const int64_t i = grid_pad_index(first + k, size, padding, align);
+      const int64_t i = read[k - k0];
       if (i < 0) continue;
       fw[i - lo] += rw[k];
       if (kGrad) fdw[i - lo] += rdw[k];
@@ -277,6 +281,7 @@ class AxisRun {
 
   int64_t stride_;
   std::vector<T> raw_, fold_;  // weights then derivatives, each [kPad | taps | kPad]
+  std::vector<int64_t> read_;  // per tap of a run across an edge: the pixel it reads
 };
 
 // The x run as a window of NB * kLanes pixels x0 .. inside the row (run.len <= the window's
@@ -548,9 +553,10 @@ LATENTX_INLINE void plan_axis(typename Simd<T>::V coord, typename Simd<T>::V str
     if (any_gaussian) {
       V e;
       for (int64_t l = 0; l < kLanes; ++l) e[l] = std::exp(-d[l] * d[l] * inv_two_var[l]);
-      w[k] = S::select(gaussian, e, w[k]);
+      w[k] = S::select((d > -radius) & (d <= radius), S::select(gaussian, e, w[k]), zero);
+    } else {  // the tent's support is where 1 - |d|/s > 0
+      w[k] = S::select(w[k] > zero, w[k], zero);
     }
-    w[k] = S::select((d > -radius) & (d <= radius), w[k], zero);
     sum += w[k];
     const M used = w[k] != zero;
     k0 = S::select(used & (k0 < zero), tap, k0);
@@ -675,7 +681,9 @@ LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o,
   const scalar_t* in = a.input.const_data_ptr<scalar_t>();
   const scalar_t* grid = a.grid.const_data_ptr<scalar_t>();
   const T* stretch = a.stretch.defined() ? a.stretch.const_data_ptr<T>() : nullptr;
-  AxisRun<T> rx(max_taps), ry(max_taps);
+  // The runs also take the plan's kTaps weights (AxisRun::fill from weights).
+  const int64_t run_taps = std::max(max_taps, RowPlan<T>::kTaps);
+  AxisRun<T> rx(run_taps), ry(run_taps);
   std::vector<T> sx(round_up(wo, kLanes)), sy(round_up(wo, kLanes));
   RowPlan<T> plan(wo);
   for (int64_t row = begin; row < end; ++row) {
