@@ -322,6 +322,7 @@ LATENTX_INLINE void forward_window_channels(const XWindow<NB, T>& x, const T* wy
   V col[CB][NB];  // sum_y wy v per channel and window block
   for (int64_t k = 0; k < CB; ++k)
     for (int64_t b = 0; b < NB; ++b) col[k][b] = S::splat(T(0));
+#pragma GCC unroll 2
   for (int64_t j = 0; j < ny; ++j, p += w) {
     const T wj = wy[j];
     for (int64_t k = 0; k < CB; ++k)
