@@ -172,12 +172,14 @@ class AxisRun {
     place<kGrad>(a.first, end, size, padding, align);
   }
 
-  // The forward's planned (normalised) weights of taps first .. first + count - 1, count a
-  // multiple of kLanes.
-  LATENTX_INLINE void fill(const T* weights, int64_t first, int64_t count, int64_t size,
-                           int64_t padding, bool align) {
+  // Planned (normalised) weights of taps first .. first + count - 1, count a multiple of
+  // kLanes, and with kGrad their derivatives (RowPlan).
+  template <bool kGrad>
+  LATENTX_INLINE void fill(const T* weights, const T* dweights, int64_t first, int64_t count,
+                           int64_t size, int64_t padding, bool align) {
     std::memcpy(raw_.data() + kPad, weights, count * sizeof(T));
-    place<false>(first, count, size, padding, align);
+    if (kGrad) std::memcpy(raw_.data() + kPad + stride_, dweights, count * sizeof(T));
+    place<kGrad>(first, count, size, padding, align);
   }
 
  private:
@@ -303,6 +305,20 @@ struct XWindow {
       if (kGrad) dw[b] = S::load(r.dw + b * kLanes - shift);
       const typename S::V lane = S::iota() + static_cast<T>(b * kLanes - shift);
       in[b] = (lane >= T(0)) & (lane < static_cast<T>(r.len));
+    }
+  }
+  // A planned window (RowPlan) from its first pixel x0: the taps with a weight (or derivative)
+  // are the run.
+  template <bool kGrad>
+  LATENTX_INLINE void set_planned(const T* weights, const T* dweights, int64_t first) {
+    x0 = first;
+    for (int64_t b = 0; b < NB; ++b) {
+      w[b] = S::load(weights + b * kLanes);
+      in[b] = w[b] != T(0);
+      if (kGrad) {
+        dw[b] = S::load(dweights + b * kLanes);
+        in[b] |= dw[b] != T(0);
+      }
     }
   }
 };
@@ -493,27 +509,31 @@ struct RowPlan {
   using I = typename Simd<T>::I;
   static constexpr int64_t kTaps = 2 * kLanes;  // taps planned per axis
   // The x window's blocks (-1: across an edge, AxisRun from the planned weights; 0: AxisRun),
-  // its first pixel (x's first tap), the first row with a weight and the number of rows, and
-  // that row's tap (its weight's offset in wy).
+  // its first pixel (x's first tap), the first row with a weight (or derivative) and the
+  // number of rows, and that row's tap (its weight's offset in wy).
   std::vector<I> blocks, x0, y0, ny, wy_at;
-  std::vector<T> wx, wy;  // [pixel][kTaps]: the weights of taps first .. first + kTaps - 1
+  // [pixel][kTaps]: the weights of taps first .. first + kTaps - 1, and (backward) their
+  // derivatives w.r.t. the coordinate.
+  std::vector<T> wx, wy, dwx, dwy;
 
-  explicit RowPlan(int64_t wo)
+  RowPlan(int64_t wo, bool grad)
       : blocks(round_up(wo, kLanes)), x0(blocks.size()), y0(blocks.size()), ny(blocks.size()),
-        wy_at(blocks.size()), wx(blocks.size() * kTaps), wy(blocks.size() * kTaps) {}
+        wy_at(blocks.size()), wx(blocks.size() * kTaps), wy(wx.size()),
+        dwx(grad ? wx.size() : 0), dwy(dwx.size()) {}
 };
 
 // Phase 1, one axis of kLanes pixels at input pixel coordinates `coord` (where `finite`) with
-// footprints `stretch`, lane by lane as grid_axis and AxisRun::fill (forward): writes pixel l's
+// footprints `stretch`, lane by lane as grid_axis and AxisRun::fill: writes pixel l's
 // normalised weights of taps first .. first + kTaps - 1 to weights[l * kTaps ..] (0 past its
-// support), and returns first, the first and last taps k0, k1 with a weight (-1: none) and
-// whether the pixel's taps are planned (finite, at most kTaps of them).
-template <typename T>
+// support) and, with kGrad, their derivatives to dweights, and returns first, the first and
+// last taps k0, k1 with a weight or derivative (-1: none) and whether the pixel's taps are
+// planned (finite, at most kTaps of them).
+template <bool kGrad, typename T>
 LATENTX_INLINE void plan_axis(typename Simd<T>::V coord, typename Simd<T>::V stretch,
                               typename Simd<T>::M finite, int64_t size, T cap, int64_t padding,
-                              bool align, int64_t filter, T* weights, typename Simd<T>::V& first,
-                              typename Simd<T>::V& k0, typename Simd<T>::V& k1,
-                              typename Simd<T>::M& planned) {
+                              bool align, int64_t filter, T* weights, T* dweights,
+                              typename Simd<T>::V& first, typename Simd<T>::V& k0,
+                              typename Simd<T>::V& k1, typename Simd<T>::M& planned) {
   using S = Simd<T>;
   using V = typename S::V;
   using M = typename S::M;
@@ -545,39 +565,64 @@ LATENTX_INLINE void plan_axis(typename Simd<T>::V coord, typename Simd<T>::V str
   const int64_t count = static_cast<int64_t>(S::max(S::select(planned, T(2) * reach, zero)));
   const int64_t end = round_up(count, kLanes);
   const bool any_gaussian = S::bits(gaussian) != 0;
-  V w[kTaps], sum = zero;
+  V w[kTaps], dw[kTaps], sum = zero, dsum = zero;
   k0 = k1 = S::splat(T(-1));
   for (int64_t k = 0; k < count; ++k) {
     const V tap = S::splat(T(k));
     const V d = (first + tap) - coord;
-    w[k] = T(1) - S::select(d <= T(0), -d, d) * inv_s;
-    if (any_gaussian) {
-      V e;
-      for (int64_t l = 0; l < kLanes; ++l) e[l] = std::exp(-d[l] * d[l] * inv_two_var[l]);
-      w[k] = S::select((d > -radius) & (d <= radius), S::select(gaussian, e, w[k]), zero);
+    const M left = d <= T(0);
+    w[k] = T(1) - S::select(left, -d, d) * inv_s;
+    if (kGrad) dw[k] = S::select(left, -inv_s, inv_s);  // the tent's one-sided derivative
+    if (any_gaussian || kGrad) {  // the support: (-radius, radius]
+      const M inside = (d > -radius) & (d <= radius);
+      if (any_gaussian) {
+        V e;
+        for (int64_t l = 0; l < kLanes; ++l) e[l] = std::exp(-d[l] * d[l] * inv_two_var[l]);
+        w[k] = S::select(gaussian, e, w[k]);
+        if (kGrad) dw[k] = S::select(gaussian, e * d * (T(2) * inv_two_var), dw[k]);
+      }
+      w[k] = S::select(inside, w[k], zero);
+      if (kGrad) dw[k] = S::select(inside, dw[k], zero);
     } else {  // the tent's support is where 1 - |d|/s > 0
       w[k] = S::select(w[k] > zero, w[k], zero);
     }
     sum += w[k];
-    const M used = w[k] != zero;
+    M used = w[k] != zero;
+    if (kGrad) {
+      dsum += dw[k];
+      used |= dw[k] != zero;
+    }
     k0 = S::select(used & (k0 < zero), tap, k0);
     k1 = S::select(used, tap, k1);
   }
-  for (int64_t k = count; k < end; ++k) w[k] = zero;
-  const V inv = S::select(s > one, one / sum, one);  // normalised where s > 1
+  for (int64_t k = count; k < end; ++k) w[k] = dw[k] = zero;
+  // Normalised where s > 1: w / W and (w' - w sum(w') / W) / W.
+  const M normalised = s > one;
+  const V inv = S::select(normalised, one / sum, one);
+  const V dnorm = S::select(normalised, dsum * inv, zero);
   for (int64_t b = 0; b < kTaps; b += kLanes) {
     if (b >= end) {
-      for (int64_t l = 0; l < kLanes; ++l) S::store(weights + l * kTaps + b, zero);
+      for (int64_t l = 0; l < kLanes; ++l) {
+        S::store(weights + l * kTaps + b, zero);
+        if (kGrad) S::store(dweights + l * kTaps + b, zero);
+      }
       continue;
     }
-    for (int64_t k = b; k < b + kLanes; ++k) w[k] *= inv;
+    for (int64_t k = b; k < b + kLanes; ++k) {
+      if (kGrad) dw[k] = (dw[k] - w[k] * dnorm) * inv;
+      w[k] *= inv;
+    }
     transpose8(w + b);  // w[b + l] now holds pixel l's weights of taps b .. b + kLanes - 1
     for (int64_t l = 0; l < kLanes; ++l) S::store(weights + l * kTaps + b, w[b + l]);
+    if (kGrad) {
+      transpose8(dw + b);
+      for (int64_t l = 0; l < kLanes; ++l) S::store(dweights + l * kTaps + b, dw[b + l]);
+    }
   }
 }
 
 // Phase 1 of output row `row` of [N * Ho], whose footprints are sx, sy.
-template <typename scalar_t, typename T>
+template <bool kGrad, typename scalar_t, typename T>
 LATENTX_INLINE void plan_row(const GridSampleArgs& a, const scalar_t* grid, const T* sx,
                              const T* sy, int64_t row, RowPlan<T>& plan) {
   using S = Simd<T>;
@@ -604,10 +649,10 @@ LATENTX_INLINE void plan_row(const GridSampleArgs& a, const scalar_t* grid, cons
     const M finite = ((ix - ix) == zero) & ((iy - iy) == zero);
     V fx, kx0, kx1, fy, ky0, ky1;
     M px, py;
-    plan_axis<T>(ix, S::load(sx + c0), finite, w, cap, a.padding, align, a.filter,
-                 plan.wx.data() + c0 * kTaps, fx, kx0, kx1, px);
-    plan_axis<T>(iy, S::load(sy + c0), finite, h, cap, a.padding, align, a.filter,
-                 plan.wy.data() + c0 * kTaps, fy, ky0, ky1, py);
+    plan_axis<kGrad, T>(ix, S::load(sx + c0), finite, w, cap, a.padding, align, a.filter,
+                        plan.wx.data() + c0 * kTaps, kGrad ? plan.dwx.data() + c0 * kTaps : nullptr, fx, kx0, kx1, px);
+    plan_axis<kGrad, T>(iy, S::load(sy + c0), finite, h, cap, a.padding, align, a.filter,
+                        plan.wy.data() + c0 * kTaps, kGrad ? plan.dwy.data() + c0 * kTaps : nullptr, fy, ky0, ky1, py);
     // The direct path: the x window (1 block for up to kLanes taps, else 2) from the first tap
     // inside the row, the rows with a weight inside the image. The other planned pixels lie
     // across an edge.
@@ -632,24 +677,17 @@ template <typename scalar_t, typename T>
 LATENTX_INLINE void forward_planned(const RowPlan<T>& plan, int64_t col, int64_t blocks,
                                     const scalar_t* in, int64_t c, int64_t h, int64_t w,
                                     scalar_t* dst, int64_t plane_out) {
-  using S = Simd<T>;
   constexpr int64_t kTaps = RowPlan<T>::kTaps;
   const T* wx = plan.wx.data() + col * kTaps;
   const T* wy = plan.wy.data() + col * kTaps + plan.wy_at[col];
   const int64_t y0 = plan.y0[col], ny = plan.ny[col];
   if (blocks == 1) {
     XWindow<1, T> xw;
-    xw.x0 = plan.x0[col];
-    xw.w[0] = S::load(wx);
-    xw.in[0] = xw.w[0] != T(0);
+    xw.template set_planned<false>(wx, nullptr, plan.x0[col]);
     forward_window<1>(xw, wy, y0, ny, in, c, h, w, dst, plane_out);
   } else {
     XWindow<2, T> xw;
-    xw.x0 = plan.x0[col];
-    for (int64_t b = 0; b < 2; ++b) {
-      xw.w[b] = S::load(wx + b * kLanes);
-      xw.in[b] = xw.w[b] != T(0);
-    }
+    xw.template set_planned<false>(wx, nullptr, plan.x0[col]);
     forward_window<2>(xw, wy, y0, ny, in, c, h, w, dst, plane_out);
   }
 }
@@ -686,12 +724,12 @@ LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o,
   const int64_t run_taps = std::max(max_taps, RowPlan<T>::kTaps);
   AxisRun<T> rx(run_taps), ry(run_taps);
   std::vector<T> sx(round_up(wo, kLanes)), sy(round_up(wo, kLanes));
-  RowPlan<T> plan(wo);
+  RowPlan<T> plan(wo, false);
   for (int64_t row = begin; row < end; ++row) {
     const int64_t s = row / ho, r = row % ho;
     const scalar_t* plane = in + s * c * h * w;
     row_stretch(a, grid, stretch, row, sx.data(), sy.data());
-    plan_row(a, grid, sx.data(), sy.data(), row, plan);
+    plan_row<false>(a, grid, sx.data(), sy.data(), row, plan);
     for (int64_t col = 0; col < wo; ++col) {
       const int64_t p = row * wo + col;  // pixel index in [N, Ho, Wo]
       scalar_t* dst = o + s * c * plane_out + r * wo + col;
@@ -702,9 +740,10 @@ LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o,
       }
       if (blocks < 0) {  // planned, across an edge
         constexpr int64_t kTaps = RowPlan<T>::kTaps;
-        rx.fill(plan.wx.data() + col * kTaps, plan.x0[col], kTaps, w, a.padding, a.align_corners);
-        ry.fill(plan.wy.data() + col * kTaps, plan.y0[col] - plan.wy_at[col], kTaps, h, a.padding,
-                a.align_corners);
+        rx.template fill<false>(plan.wx.data() + col * kTaps, nullptr, plan.x0[col], kTaps, w,
+                                a.padding, a.align_corners);
+        ry.template fill<false>(plan.wy.data() + col * kTaps, nullptr, plan.y0[col] - plan.wy_at[col],
+                                kTaps, h, a.padding, a.align_corners);
       } else if (!pixel_runs<false>(a, grid, sx[col], sy[col], p, rx, ry)) {
         for (int64_t ch = 0; ch < c; ++ch) dst[ch * plane_out] = scalar_t(0);  // undefined location: 0
         continue;
@@ -737,49 +776,45 @@ void forward_impl(const GridSampleArgs& a, at::Tensor& out) {
                    [&](int64_t begin, int64_t end) { forward_rows<scalar_t>(a, o, begin, end); });
 }
 
-// Backward of one pixel, every channel, x as a window of NB * kLanes pixels. With g the
-// output's gradient: d out / d ix = sum_x dwx sum_y wy v and d out / d iy = sum_x wx sum_y dwy v
-// go to gx, gy (times g, summed over channels); g wx wy goes to each input pixel's gradient.
+// Backward of one pixel, every channel, x as a window of NB * kLanes pixels, y as the rows
+// y0 .. y0 + ny - 1 with weights wy and derivatives dwy. With g the output's gradient:
+// d out / d ix = sum_x dwx sum_y wy v and d out / d iy = sum_x wx sum_y dwy v go to gx, gy
+// (times g, summed over channels); g wx wy goes to each input pixel's gradient.
 template <int64_t NB, typename scalar_t, typename T>
-LATENTX_INLINE void backward_window(const AxisRun<T>& rx, const AxisRun<T>& ry,
-                                    const scalar_t* in, const scalar_t* go, T* gin, int64_t c,
-                                    int64_t h, int64_t w, int64_t plane_out, T& gx, T& gy) {
+LATENTX_INLINE void backward_window(const XWindow<NB, T>& x, const T* wy, const T* dwy,
+                                    int64_t y0, int64_t ny, const scalar_t* in,
+                                    const scalar_t* go, T* gin, int64_t c, int64_t h, int64_t w,
+                                    int64_t plane_out, T& gx, T& gy) {
   using S = Simd<T>;
   using V = typename S::V;
   const V zero = S::splat(T(0));
-  XWindow<NB, T> x;
-  x.template set<true>(rx, w);
   V bx = zero, by = zero;  // g sum_y ... summed over channels, per lane: one lane sum per pixel
   for (int64_t ch = 0; ch < c; ++ch) {
     const T g = static_cast<T>(go[ch * plane_out]);
-    const int64_t offset = (ch * h + ry.start) * w + x.x0;
-    if (in) {
-      const scalar_t* p = in + offset;
-      V cw[NB], cd[NB];  // sum_y wy v and sum_y dwy v per window column
-      for (int64_t b = 0; b < NB; ++b) cw[b] = cd[b] = zero;
-      for (int64_t j = 0; j < ry.len; ++j, p += w) {
-        const T wy = ry.w[j], dwy = ry.dw[j];
-        for (int64_t b = 0; b < NB; ++b) {
-          const V v = S::load(p + b * kLanes);
-          cw[b] += wy * v;
-          cd[b] += dwy * v;
+    const int64_t offset = (ch * h + y0) * w + x.x0;
+    const scalar_t* p = in ? in + offset : nullptr;
+    T* line = gin ? gin + offset : nullptr;
+    V cw[NB], cd[NB], gw[NB];  // sum_y wy v and sum_y dwy v per window column; g wx (0 outside)
+    for (int64_t b = 0; b < NB; ++b) {
+      cw[b] = cd[b] = zero;
+      gw[b] = S::select(x.in[b], g * x.w[b], zero);
+    }
+    for (int64_t j = 0; j < ny; ++j) {
+      const T wj = wy[j], dj = dwy[j];
+      for (int64_t b = 0; b < NB; ++b) {
+        if (p) {
+          const V v = S::load(p + j * w + b * kLanes);
+          cw[b] += wj * v;
+          cd[b] += dj * v;
         }
+        if (line) S::store(line + j * w + b * kLanes, S::load(line + j * w + b * kLanes) + wj * gw[b]);
       }
+    }
+    if (p)
       for (int64_t b = 0; b < NB; ++b) {
         bx += g * S::select(x.in[b], x.dw[b] * cw[b], zero);
         by += g * S::select(x.in[b], x.w[b] * cd[b], zero);
       }
-    }
-    if (gin) {
-      T* line = gin + offset;
-      V gw[NB];  // g wx, 0 outside the run
-      for (int64_t b = 0; b < NB; ++b) gw[b] = S::select(x.in[b], g * x.w[b], zero);
-      for (int64_t j = 0; j < ry.len; ++j, line += w) {
-        const T wy = ry.w[j];
-        for (int64_t b = 0; b < NB; ++b)
-          S::store(line + b * kLanes, S::load(line + b * kLanes) + wy * gw[b]);
-      }
-    }
   }
   if (in) {
     gx += S::sum(bx);
@@ -821,15 +856,17 @@ LATENTX_INLINE void backward_run(const AxisRun<T>& rx, const AxisRun<T>& ry, con
   }
 }
 
-// Samples [begin, end). gin / gg null: that gradient is not wanted.
+// Samples [begin, end), an output row at a time, planned as in the forward. gin / gg null:
+// that gradient is not wanted.
 template <typename scalar_t>
 LATENTX_CPU_MULTIVERSION void backward_samples(const GridSampleArgs& a, const scalar_t* go,
                                                at::opmath_type<scalar_t>* gin, scalar_t* gg,
                                                int64_t begin, int64_t end) {
   using T = at::opmath_type<scalar_t>;
+  constexpr int64_t kTaps = RowPlan<T>::kTaps;
   const int64_t c = a.input.size(1), h = a.input.size(2), w = a.input.size(3);
   const int64_t ho = a.grid.size(1), wo = a.grid.size(2), plane_out = ho * wo;
-  const int64_t max_taps = grid_max_taps(std::max(h, w));
+  const int64_t max_taps = std::max(grid_max_taps(std::max(h, w)), kTaps);
   const T scale_x = T(grid_unnormalize_scale(w, a.align_corners));
   const T scale_y = T(grid_unnormalize_scale(h, a.align_corners));
   const scalar_t* in = a.input.const_data_ptr<scalar_t>();
@@ -837,29 +874,66 @@ LATENTX_CPU_MULTIVERSION void backward_samples(const GridSampleArgs& a, const sc
   const T* stretch = a.stretch.defined() ? a.stretch.const_data_ptr<T>() : nullptr;
   AxisRun<T> rx(max_taps), ry(max_taps);
   std::vector<T> sx(round_up(wo, kLanes)), sy(round_up(wo, kLanes));
+  RowPlan<T> plan(wo, true);
   for (int64_t s = begin; s < end; ++s) {
     // The input is read only for the grid's gradient.
     const scalar_t* plane = gg ? in + s * c * h * w : nullptr;
     T* gplane = gin ? gin + s * c * h * w : nullptr;
-    for (int64_t q = 0; q < plane_out; ++q) {
-      const int64_t p = s * plane_out + q;  // pixel index in [N, Ho, Wo]
-      const int64_t col = q % wo;
-      if (col == 0) row_stretch(a, grid, stretch, p / wo, sx.data(), sy.data());
-      // Not finite: the output is 0 and has no gradient (zeroed).
-      if (!pixel_runs<true>(a, grid, sx[col], sy[col], p, rx, ry)) continue;
-      if (rx.len == 0 || ry.len == 0) continue;  // every tap reads zero padding
-      T gx = T(0), gy = T(0);
-      const scalar_t* gop = go + s * c * plane_out + q;
-      if (rx.len <= kLanes && w >= kLanes) {
-        backward_window<1>(rx, ry, plane, gop, gplane, c, h, w, plane_out, gx, gy);
-      } else if (rx.len <= 2 * kLanes && w >= 2 * kLanes) {
-        backward_window<2>(rx, ry, plane, gop, gplane, c, h, w, plane_out, gx, gy);
-      } else {
-        backward_run(rx, ry, plane, gop, gplane, c, h, w, plane_out, gx, gy);
-      }
-      if (gg) {
-        gg[2 * p] = static_cast<scalar_t>(gx * scale_x);
-        gg[2 * p + 1] = static_cast<scalar_t>(gy * scale_y);
+    for (int64_t r = 0; r < ho; ++r) {
+      const int64_t row = s * ho + r;
+      row_stretch(a, grid, stretch, row, sx.data(), sy.data());
+      plan_row<true>(a, grid, sx.data(), sy.data(), row, plan);
+      for (int64_t col = 0; col < wo; ++col) {
+        const int64_t p = row * wo + col;  // pixel index in [N, Ho, Wo]
+        const scalar_t* gop = go + s * c * plane_out + r * wo + col;
+        const int64_t blocks = plan.blocks[col];
+        T gx = T(0), gy = T(0);
+        if (blocks > 0) {
+          const T* wx = plan.wx.data() + col * kTaps;
+          const T* dwx = plan.dwx.data() + col * kTaps;
+          const int64_t at = col * kTaps + plan.wy_at[col];
+          const T* wy = plan.wy.data() + at;
+          const T* dwy = plan.dwy.data() + at;
+          if (blocks == 1) {
+            XWindow<1, T> xw;
+            xw.template set_planned<true>(wx, dwx, plan.x0[col]);
+            backward_window<1>(xw, wy, dwy, plan.y0[col], plan.ny[col], plane, gop, gplane, c, h,
+                               w, plane_out, gx, gy);
+          } else {
+            XWindow<2, T> xw;
+            xw.template set_planned<true>(wx, dwx, plan.x0[col]);
+            backward_window<2>(xw, wy, dwy, plan.y0[col], plan.ny[col], plane, gop, gplane, c, h,
+                               w, plane_out, gx, gy);
+          }
+        } else {
+          if (blocks < 0) {  // planned, across an edge
+            rx.template fill<true>(plan.wx.data() + col * kTaps, plan.dwx.data() + col * kTaps,
+                                   plan.x0[col], kTaps, w, a.padding, a.align_corners);
+            ry.template fill<true>(plan.wy.data() + col * kTaps, plan.dwy.data() + col * kTaps,
+                                   plan.y0[col] - plan.wy_at[col], kTaps, h, a.padding,
+                                   a.align_corners);
+          } else if (!pixel_runs<true>(a, grid, sx[col], sy[col], p, rx, ry)) {
+            continue;  // not finite: the output is 0 and has no gradient (zeroed)
+          }
+          if (rx.len == 0 || ry.len == 0) continue;  // every tap reads zero padding
+          if (rx.len <= kLanes && w >= kLanes) {
+            XWindow<1, T> xw;
+            xw.template set<true>(rx, w);
+            backward_window<1>(xw, ry.w, ry.dw, ry.start, ry.len, plane, gop, gplane, c, h, w,
+                               plane_out, gx, gy);
+          } else if (rx.len <= 2 * kLanes && w >= 2 * kLanes) {
+            XWindow<2, T> xw;
+            xw.template set<true>(rx, w);
+            backward_window<2>(xw, ry.w, ry.dw, ry.start, ry.len, plane, gop, gplane, c, h, w,
+                               plane_out, gx, gy);
+          } else {
+            backward_run(rx, ry, plane, gop, gplane, c, h, w, plane_out, gx, gy);
+          }
+        }
+        if (gg) {
+          gg[2 * p] = static_cast<scalar_t>(gx * scale_x);
+          gg[2 * p + 1] = static_cast<scalar_t>(gy * scale_y);
+        }
       }
     }
   }
