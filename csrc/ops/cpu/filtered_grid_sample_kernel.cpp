@@ -779,12 +779,13 @@ void forward_impl(const GridSampleArgs& a, at::Tensor& out) {
 // Backward of one pixel, every channel, x as a window of NB * kLanes pixels, y as the rows
 // y0 .. y0 + ny - 1 with weights wy and derivatives dwy. With g the output's gradient:
 // d out / d ix = sum_x dwx sum_y wy v and d out / d iy = sum_x wx sum_y dwy v go to gx, gy
-// (times g, summed over channels); g wx wy goes to each input pixel's gradient.
-template <int64_t NB, typename scalar_t, typename T>
-LATENTX_INLINE void backward_window(const XWindow<NB, T>& x, const T* wy, const T* dwy,
-                                    int64_t y0, int64_t ny, const scalar_t* in,
-                                    const scalar_t* go, T* gin, int64_t c, int64_t h, int64_t w,
-                                    int64_t plane_out, T& gx, T& gy) {
+// (times g, summed over channels) where kRead (the grid's gradient is wanted); g wx wy goes to
+// each input pixel's gradient where kWrite.
+template <bool kRead, bool kWrite, int64_t NB, typename scalar_t, typename T>
+LATENTX_INLINE void backward_window_channels(const XWindow<NB, T>& x, const T* wy, const T* dwy,
+                                             int64_t y0, int64_t ny, const scalar_t* in,
+                                             const scalar_t* go, T* gin, int64_t c, int64_t h,
+                                             int64_t w, int64_t plane_out, T& gx, T& gy) {
   using S = Simd<T>;
   using V = typename S::V;
   const V zero = S::splat(T(0));
@@ -792,34 +793,51 @@ LATENTX_INLINE void backward_window(const XWindow<NB, T>& x, const T* wy, const 
   for (int64_t ch = 0; ch < c; ++ch) {
     const T g = static_cast<T>(go[ch * plane_out]);
     const int64_t offset = (ch * h + y0) * w + x.x0;
-    const scalar_t* p = in ? in + offset : nullptr;
-    T* line = gin ? gin + offset : nullptr;
+    const scalar_t* p = kRead ? in + offset : nullptr;
+    T* line = kWrite ? gin + offset : nullptr;
     V cw[NB], cd[NB], gw[NB];  // sum_y wy v and sum_y dwy v per window column; g wx (0 outside)
     for (int64_t b = 0; b < NB; ++b) {
       cw[b] = cd[b] = zero;
       gw[b] = S::select(x.in[b], g * x.w[b], zero);
     }
+#pragma GCC unroll 2
     for (int64_t j = 0; j < ny; ++j) {
       const T wj = wy[j], dj = dwy[j];
       for (int64_t b = 0; b < NB; ++b) {
-        if (p) {
-          const V v = S::load(p + j * w + b * kLanes);
+        if (kRead) {
+          const V v = S::load(p + b * kLanes);
           cw[b] += wj * v;
           cd[b] += dj * v;
         }
-        if (line) S::store(line + j * w + b * kLanes, S::load(line + j * w + b * kLanes) + wj * gw[b]);
+        if (kWrite) S::store(line + b * kLanes, S::load(line + b * kLanes) + wj * gw[b]);
       }
+      if (kRead) p += w;
+      if (kWrite) line += w;
     }
-    if (p)
+    if (kRead)
       for (int64_t b = 0; b < NB; ++b) {
         bx += g * S::select(x.in[b], x.dw[b] * cw[b], zero);
         by += g * S::select(x.in[b], x.w[b] * cd[b], zero);
       }
   }
-  if (in) {
+  if (kRead) {
     gx += S::sum(bx);
     gy += S::sum(by);
   }
+}
+
+// The same, reading the input where `in` is given and accumulating into `gin` where given.
+template <int64_t NB, typename scalar_t, typename T>
+LATENTX_INLINE void backward_window(const XWindow<NB, T>& x, const T* wy, const T* dwy,
+                                    int64_t y0, int64_t ny, const scalar_t* in,
+                                    const scalar_t* go, T* gin, int64_t c, int64_t h, int64_t w,
+                                    int64_t plane_out, T& gx, T& gy) {
+  if (in && gin)
+    backward_window_channels<true, true>(x, wy, dwy, y0, ny, in, go, gin, c, h, w, plane_out, gx, gy);
+  else if (in)
+    backward_window_channels<true, false>(x, wy, dwy, y0, ny, in, go, gin, c, h, w, plane_out, gx, gy);
+  else if (gin)
+    backward_window_channels<false, true>(x, wy, dwy, y0, ny, in, go, gin, c, h, w, plane_out, gx, gy);
 }
 
 // The same for a run of any length.
