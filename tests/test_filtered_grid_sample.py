@@ -52,8 +52,9 @@ def psnr(a, b):
 @pytest.mark.parametrize("dtype", list(TOL), ids=str)
 @pytest.mark.parametrize("filt", FILTERS)
 def test_forward_matches_reference(device, dtype, filt):
-    # Small images, and larger ones where the CPU forward's fast path (taps inside the image, runs
-    # no longer than its windows) takes most pixels and AxisRun the rest (edges, long runs).
+    # Small images, and larger ones where the CPU kernels' row plan reads most pixels directly
+    # (taps inside the image, no more than its windows hold), folds the planned taps of those
+    # across an edge, and leaves long footprints to AxisRun.
     for (n, c, h, w, ho, wo), scale in [((2, 3, 13, 17, 7, 9), 2.5), ((1, 2, 9, 5, 11, 4), 0.7),
                                         ((3, 1, 1, 6, 2, 3), 1.5), ((1, 3, 40, 53, 16, 20), 1.0),
                                         ((1, 1, 44, 70, 5, 7), 1.0)]:
@@ -128,6 +129,31 @@ def test_gradients(device, filt):
         # Only the gradient asked for is computed.
         (gg,) = torch.autograd.grad(sample("native")(x.detach(), grid).sum(), (grid,))
         torch.testing.assert_close(gg, torch.autograd.grad(sample("reference")(x, grid).sum(), (grid,))[0])
+
+
+@needs_native
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("filt", FILTERS)
+def test_gradients_on_larger_images(device, filt):
+    """Both gradients, and each alone, against autograd through the reference where the CPU
+    kernels' row plan reads most pixels directly: windows of one block (footprints ~2.5 and
+    ~1) and of two (~6: the tent's 12-14 taps), pixels across each edge, and long footprints
+    left to AxisRun (~14, and the Gaussian's at ~6)."""
+    for (n, c, h, w, ho, wo), scale in [((2, 3, 40, 53, 16, 20), 1.0), ((1, 2, 61, 47, 9, 8), 1.0),
+                                        ((1, 3, 33, 35, 30, 31), 1.0), ((1, 1, 60, 50, 4, 4), 1.0)]:
+        x = torch.randn(n, c, h, w, dtype=torch.float64, device=device, requires_grad=True)
+        grid = warp_grid(n, ho, wo, scale=scale, device=device).requires_grad_()
+        upstream = torch.randn(n, c, ho, wo, dtype=torch.float64, device=device)
+        for padding in PADDINGS:
+            for align in (False, True):
+                kw = dict(padding_mode=padding, filter=filt, align_corners=align,
+                          stretch=_fixed_stretch(x, grid, align))
+                for wrt in ((x, grid), (x,), (grid,)):
+                    got = torch.autograd.grad(ops.filtered_grid_sample(x, grid, **kw, impl="native"), wrt, upstream)
+                    expected = torch.autograd.grad(ops.filtered_grid_sample(x, grid, **kw, impl="reference"), wrt,
+                                                   upstream)
+                    for a, b in zip(got, expected):
+                        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
 # --- against F.grid_sample and F.interpolate -------------------------------------------------

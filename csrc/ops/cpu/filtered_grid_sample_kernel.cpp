@@ -1,11 +1,12 @@
 // CPU kernels of filtered_grid_sample. Forward: parallel over (sample, output row); backward:
 // parallel over samples (each owns its input-gradient planes: no races).
 //
-// Per output pixel, each axis's taps become once a run of consecutive pixels with their
-// normalised weights (AxisRun), shared by every channel: the taps that read no pixel or have
-// no weight are dropped, and those the padding maps onto the same pixel (near an edge) are
-// added up. The channel loops are then dense: along x a fixed-width window of kLanes or
-// 2 kLanes pixels holding the run (zero weights elsewhere), along y the run's rows. These
+// Each output row is first planned kLanes pixels at a time (RowPlan, plan_row): per axis, each
+// pixel's taps and their normalised weights (and, backward, their derivatives), shared by
+// every channel. The channel loops are then dense: along x a fixed-width window of kLanes or
+// 2 kLanes pixels (zero weights outside the taps), along y the rows with a weight. A pixel
+// across an edge folds its taps onto the pixels the padding reads (AxisRun), and one with more
+// taps than the plan holds (a long footprint) computes them alone (AxisRun, grid_axis). The
 // fixed-width loops are explicit SIMD (Simd), compiled once per instruction set
 // (LATENTX_CPU_MULTIVERSION); longer runs take plain loops. Without a given footprint, each
 // output row's is estimated from the grid (row_stretch), as reference.grid_stretch does.
@@ -475,13 +476,14 @@ LATENTX_INLINE void row_stretch(const GridSampleArgs& a, const scalar_t* grid, c
     grid_stretch_at<T>(g, ho, wo, r, col, h, w, align, sx[col], sy[col]);
 }
 
-// --- The forward's direct path -------------------------------------------------------------------
+// --- The row plan ---------------------------------------------------------------------------------
 // Most output pixels have their taps inside the image and at most 2 kLanes of them per axis.
 // For those, phase 1 plans an output row kLanes pixels at a time, one per lane: each axis's
-// taps first .. first + count - 1 and their normalised weights, as grid_axis and AxisRun::fill
-// compute them for one pixel, then transposed to one row of weights per pixel. Phase 2 reads
-// each such pixel's channels through its planned window and rows (forward_window). The other
-// pixels (across an edge, longer runs, not finite) take AxisRun.
+// taps first .. first + count - 1 and their normalised weights (and derivatives), as
+// grid_axis and AxisRun::fill compute them for one pixel, then transposed to one row of
+// weights per pixel. Phase 2 reads each such pixel's channels through its planned window and
+// rows (forward_window, backward_window). The planned pixels across an edge fold the planned
+// weights (AxisRun::fill from weights); the others (longer runs, not finite) take AxisRun.
 
 // The transpose of an 8 x 8 block: r[i][j] becomes r[j][i].
 template <typename V>
