@@ -322,6 +322,25 @@ def test_nan_and_huge_grid_locations(impl, padding):
             torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_stretch_broadcasts(impl):
+    """A stretch of [N, 1, 1, 2] (one footprint per sample, as warp_affine passes) or
+    [1, Ho, 1, 2] gives what its expansion to the grid's shape gives, both gradients too."""
+    x = torch.randn(2, 3, 30, 26, dtype=torch.float64, requires_grad=True)
+    grid = warp_grid(2, 7, 9, scale=1.0).requires_grad_()
+    upstream = torch.randn(2, 3, 7, 9, dtype=torch.float64)
+    for stretch in (torch.tensor([[2.5, 3.25], [1.0, 4.0]], dtype=torch.float64)[:, None, None, :],
+                    torch.linspace(0.5, 5.0, 7, dtype=torch.float64)[None, :, None, None].repeat(1, 1, 1, 2)):
+        for filt in FILTERS:
+            kw = dict(padding_mode="reflection", filter=filt, impl=impl)
+            small = ops.filtered_grid_sample(x, grid, stretch=stretch, **kw)
+            full = ops.filtered_grid_sample(x, grid, stretch=stretch.expand(2, 7, 9, 2).contiguous(), **kw)
+            torch.testing.assert_close(small, full, rtol=0, atol=0)
+            for a, b in zip(torch.autograd.grad(small, (x, grid), upstream),
+                            torch.autograd.grad(full, (x, grid), upstream)):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def bad_calls():
     x = torch.randn(2, 3, 8, 8)
     g = torch.rand(2, 4, 4, 2) * 2 - 1
@@ -333,6 +352,8 @@ def bad_calls():
         ("grid", TypeError, dict(input=x, grid=g.double())),
         ("grid", ValueError, dict(input=x, grid=g.to("meta"))),
         ("stretch", ValueError, dict(input=x, grid=g, stretch=torch.ones(2, 4, 3, 2))),
+        ("stretch", ValueError, dict(input=x, grid=g, stretch=torch.ones(2, 4, 4, 1))),
+        ("stretch", ValueError, dict(input=x, grid=g, stretch=torch.ones(4, 2))),
         ("padding_mode", ValueError, dict(input=x, grid=g, padding_mode="mirror")),
         ("filter", ValueError, dict(input=x, grid=g, filter="lanczos")),
     ]

@@ -35,8 +35,11 @@ GridSampleArgs prepare_filtered_grid_sample(const at::Tensor& input, const at::T
     TORCH_CHECK_VALUE(stretch->device() == input.device(), op,
                       ": stretch must be on the same device as input (", input.device(),
                       "), got ", stretch->device());
-    TORCH_CHECK_VALUE(stretch->sizes() == grid.sizes(), op, ": stretch must have grid's shape ",
-                      grid.sizes(), ", got ", stretch->sizes());
+    bool broadcasts = stretch->dim() == 4 && stretch->size(3) == 2;
+    for (int64_t d = 0; d < 3 && broadcasts; ++d)
+      broadcasts = stretch->size(d) == grid.size(d) || stretch->size(d) == 1;
+    TORCH_CHECK_VALUE(broadcasts, op, ": stretch must have grid's shape ", grid.sizes(),
+                      " or broadcast to it (size 1 in N, Ho or Wo), got ", stretch->sizes());
   }
   TORCH_CHECK_VALUE(padding_mode == kGridPadZeros || padding_mode == kGridPadBorder ||
                         padding_mode == kGridPadReflection,
@@ -49,7 +52,11 @@ GridSampleArgs prepare_filtered_grid_sample(const at::Tensor& input, const at::T
   GridSampleArgs a;
   a.input = input.contiguous();
   a.grid = grid.contiguous();
-  if (stretch.has_value()) a.stretch = stretch->to(opmath).contiguous();
+  if (stretch.has_value()) {
+    // A view: a footprint per sample ([N, 1, 1, 2], warp_affine's) is not copied per pixel.
+    a.stretch = stretch->to(opmath).expand(grid.sizes());
+    for (int64_t d = 0; d < 4; ++d) a.stretch_strides[d] = a.stretch.stride(d);
+  }
   a.padding = padding_mode;
   a.align_corners = align_corners;
   a.filter = filter;

@@ -16,8 +16,9 @@ namespace latentx {
 struct GridSampleArgs {
   at::Tensor input;    // [N, C, H, W] contiguous
   at::Tensor grid;     // [N, Ho, Wo, 2] contiguous, input's dtype: (x, y) in [-1, 1]
-  at::Tensor stretch;  // [N, Ho, Wo, 2] contiguous, opmath dtype: (s_x, s_y) in input pixels;
-                       // undefined: estimated from the grid
+  at::Tensor stretch;  // [N, Ho, Wo, 2] opmath dtype, strided (stretch_strides): (s_x, s_y) in
+                       // input pixels; undefined: estimated from the grid
+  int64_t stretch_strides[4] = {0, 0, 0, 0};  // 0 along a dimension the user's stretch broadcasts
   int64_t padding = 0;  // kGridPad*
   bool align_corners = false;
   int64_t filter = 1;   // kGridFilter*

@@ -45,10 +45,11 @@ def filtered_grid_sample(
         filter: 'tent' (triangle of half-width s: bilinear at s = 1, F.interpolate's
             antialiased bilinear for a pure resize), 'gaussian' (σ = s/2, taps within 3σ;
             bilinear where s ≤ 1), or 'none' (bilinear everywhere, like F.grid_sample).
-        stretch: [N, Ho, Wo, 2] footprint (s_x, s_y) in input pixels, or None to estimate it
-            from the grid (``reference.grid_stretch``: norms of the rows of the Jacobian of
-            the input pixel coordinates w.r.t. the output pixel, by finite differences; the
-            native kernels compute it per pixel, inside the op).
+        stretch: [N, Ho, Wo, 2] footprint (s_x, s_y) in input pixels, or a shape that
+            broadcasts to it ([N, 1, 1, 2]: one per sample, not copied per pixel), or None to
+            estimate it from the grid (``reference.grid_stretch``: norms of the rows of the
+            Jacobian of the input pixel coordinates w.r.t. the output pixel, by finite
+            differences; the native kernels compute it per pixel, inside the op).
             ``warp_affine`` passes the exact one.
 
     Returns:
@@ -131,7 +132,7 @@ def warp_affine(
     grid = F.affine_grid(theta.to(input.dtype), [n, c, ho, wo], align_corners=align_corners)
     s = affine_stretch(theta, (h, w), (ho, wo), align_corners)
     s = reference.clamp_stretch(s, h, w, input.dtype)
-    stretch = s[:, None, None, :].expand(n, ho, wo, 2)
+    stretch = s[:, None, None, :]  # one footprint per sample, broadcast over the pixels
     return filtered_grid_sample(input, grid, align_corners=align_corners, padding_mode=padding_mode,
                                 filter=filter if antialias else "none", stretch=stretch, impl=impl)
 

@@ -376,8 +376,11 @@ def check_filtered_grid_sample(input, grid, stretch, padding_mode, align_corners
         if stretch.device != input.device:
             raise ValueError(f"{op}: stretch must be on the same device as input ({input.device}), "
                              f"got {stretch.device}")
-        if stretch.shape != grid.shape:
-            raise ValueError(f"{op}: stretch must have grid's shape {list(grid.shape)}, got {list(stretch.shape)}")
+        broadcasts = stretch.dim() == 4 and stretch.shape[3] == 2 and all(
+            stretch.shape[d] in (grid.shape[d], 1) for d in range(3))
+        if not broadcasts:
+            raise ValueError(f"{op}: stretch must have grid's shape {list(grid.shape)} or broadcast to it "
+                             f"(size 1 in N, Ho or Wo), got {list(stretch.shape)}")
     if isinstance(padding_mode, bool) or padding_mode not in GRID_PADDING_MODES.values():
         raise ValueError(f"{op}: padding_mode must be one of {GRID_PADDING_MODES} (name: code), got {padding_mode!r}")
     if isinstance(filter, bool) or filter not in GRID_FILTERS.values():
@@ -516,8 +519,9 @@ def filtered_grid_sample(input: Tensor, grid: Tensor, stretch: Optional[Tensor],
     Args:
         input: [N, C, H, W].
         grid: [N, Ho, Wo, 2] normalised sampling locations (x, y) as for F.grid_sample.
-        stretch: [N, Ho, Wo, 2] footprint (s_x, s_y) in input pixels, or None for
-            ``grid_stretch`` of the grid; held constant (no gradient flows into it).
+        stretch: [N, Ho, Wo, 2] footprint (s_x, s_y) in input pixels (or a shape that
+            broadcasts to it), or None for ``grid_stretch`` of the grid; held constant (no
+            gradient flows into it).
         padding_mode: 0 zeros, 1 border, 2 reflection (``GRID_PADDING_MODES``).
         filter: 0 none (bilinear everywhere), 1 tent, 2 gaussian (``GRID_FILTERS``).
 
@@ -538,7 +542,7 @@ def filtered_grid_sample(input: Tensor, grid: Tensor, stretch: Optional[Tensor],
     g = grid.to(dtype)
     if stretch is None:
         stretch = grid_stretch(grid, h, w, align_corners)
-    s = stretch.detach().to(dtype)
+    s = stretch.detach().to(dtype).expand(grid.shape)
     ix = grid_unnormalize(g[..., 0], w, align_corners)
     iy = grid_unnormalize(g[..., 1], h, align_corners)
     valid = torch.isfinite(ix) & torch.isfinite(iy)

@@ -403,6 +403,7 @@ LATENTX_INLINE void load_pairs(const scalar_t* p, typename Simd<T>::V& x, typena
     x = __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14);
     y = __builtin_shufflevector(lo, hi, 1, 3, 5, 7, 9, 11, 13, 15);
   } else {
+    x = y = S::splat(T(0));
     for (int64_t l = 0; l < kLanes; ++l) {
       x[l] = static_cast<T>(p[2 * l]);
       y[l] = static_cast<T>(p[2 * l + 1]);
@@ -444,9 +445,11 @@ LATENTX_INLINE void row_stretch(const GridSampleArgs& a, const scalar_t* grid, c
   const int64_t ho = a.grid.size(1), wo = a.grid.size(2), r = row % ho;
   const bool align = a.align_corners;
   if (stretch) {
+    const int64_t* st = a.stretch_strides;
+    const T* at = stretch + (row / ho) * st[0] + r * st[1];
     for (int64_t col = 0; col < wo; ++col) {
-      sx[col] = stretch[2 * (row * wo + col)];
-      sy[col] = stretch[2 * (row * wo + col) + 1];
+      sx[col] = at[col * st[2]];
+      sy[col] = at[col * st[2] + st[3]];
     }
     return;
   }

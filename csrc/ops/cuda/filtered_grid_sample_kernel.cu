@@ -23,6 +23,7 @@ struct Shape {
   int64_t n, c, h, w, ho, wo;
   int64_t padding, filter;
   bool align_corners;
+  int64_t stretch_strides[4];  // of the given stretch over [N, Ho, Wo, 2]
 };
 
 template <typename scalar_t, typename T>
@@ -34,8 +35,11 @@ __device__ __forceinline__ bool pixel_axes(const Shape& sh, int64_t p, const sca
   const T cap = T(sh.h > sh.w ? sh.h : sh.w);
   T sx, sy;
   if (stretch) {
-    sx = stretch[2 * p];
-    sy = stretch[2 * p + 1];
+    const int64_t q = p % (sh.ho * sh.wo);
+    const int64_t* st = sh.stretch_strides;
+    const T* at = stretch + (p / (sh.ho * sh.wo)) * st[0] + (q / sh.wo) * st[1] + (q % sh.wo) * st[2];
+    sx = at[0];
+    sy = at[st[3]];
   } else {  // estimated from the grid
     const int64_t q = p % (sh.ho * sh.wo);
     grid_stretch_at<T>(grid + 2 * (p - q), sh.ho, sh.wo, q / sh.wo, q % sh.wo, sh.h, sh.w,
@@ -50,7 +54,7 @@ template <typename scalar_t, typename T>
 __global__ void forward_kernel(Shape sh,
                                const scalar_t* input,  // [N, C, H, W]
                                const scalar_t* grid,   // [N, Ho, Wo, 2]
-                               const T* stretch,       // [N, Ho, Wo, 2] or null
+                               const T* stretch,       // [N, Ho, Wo, 2] (strided) or null
                                scalar_t* out) {        // [N, C, Ho, Wo]
   const int64_t plane_out = sh.ho * sh.wo;
   LATENTX_CUDA_KERNEL_LOOP(p, sh.n * plane_out) {
@@ -88,7 +92,7 @@ template <typename scalar_t, typename T>
 __global__ void backward_kernel(Shape sh, T scale_x, T scale_y,
                                 const scalar_t* input,    // [N, C, H, W]
                                 const scalar_t* grid,     // [N, Ho, Wo, 2]
-                                const T* stretch,         // [N, Ho, Wo, 2] or null
+                                const T* stretch,         // [N, Ho, Wo, 2] (strided) or null
                                 const scalar_t* grad,     // [N, C, Ho, Wo]
                                 T* grad_input,            // [N, C, H, W] opmath, or null
                                 scalar_t* grad_grid) {    // [N, Ho, Wo, 2], or null
@@ -144,9 +148,11 @@ const T* stretch_ptr(const GridSampleArgs& a) {
 }
 
 Shape shape_of(const GridSampleArgs& a) {
-  return Shape{a.input.size(0), a.input.size(1), a.input.size(2), a.input.size(3),
-               a.grid.size(1),  a.grid.size(2),  a.padding,       a.filter,
-               a.align_corners};
+  Shape sh{a.input.size(0), a.input.size(1), a.input.size(2), a.input.size(3),
+           a.grid.size(1),  a.grid.size(2),  a.padding,       a.filter,
+           a.align_corners, {}};
+  for (int d = 0; d < 4; ++d) sh.stretch_strides[d] = a.stretch_strides[d];
+  return sh;
 }
 
 void forward_cuda(const GridSampleArgs& a, at::Tensor& out) {
