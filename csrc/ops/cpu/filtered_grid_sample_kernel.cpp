@@ -640,7 +640,7 @@ LATENTX_INLINE void plan_row(const GridSampleArgs& a, const scalar_t* grid, cons
   const bool align = a.align_corners;
   const V zero = S::splat(T(0));
   for (int64_t c0 = 0; c0 < wo; c0 += kLanes) {
-    V gx, gy;
+    V gx = zero, gy = zero;
     if (c0 + kLanes <= wo) {
       load_pairs<scalar_t, T>(grid + 2 * (row * wo + c0), gx, gy);
     } else {
@@ -654,10 +654,12 @@ LATENTX_INLINE void plan_row(const GridSampleArgs& a, const scalar_t* grid, cons
     const M finite = ((ix - ix) == zero) & ((iy - iy) == zero);
     V fx, kx0, kx1, fy, ky0, ky1;
     M px, py;
+    T* dwx = kGrad ? plan.dwx.data() + c0 * kTaps : nullptr;
+    T* dwy = kGrad ? plan.dwy.data() + c0 * kTaps : nullptr;
     plan_axis<kGrad, T>(ix, S::load(sx + c0), finite, w, cap, a.padding, align, a.filter,
-                        plan.wx.data() + c0 * kTaps, kGrad ? plan.dwx.data() + c0 * kTaps : nullptr, fx, kx0, kx1, px);
+                        plan.wx.data() + c0 * kTaps, dwx, fx, kx0, kx1, px);
     plan_axis<kGrad, T>(iy, S::load(sy + c0), finite, h, cap, a.padding, align, a.filter,
-                        plan.wy.data() + c0 * kTaps, kGrad ? plan.dwy.data() + c0 * kTaps : nullptr, fy, ky0, ky1, py);
+                        plan.wy.data() + c0 * kTaps, dwy, fy, ky0, ky1, py);
     // The direct path: the x window (1 block for up to kLanes taps, else 2) from the first tap
     // inside the row, the rows with a weight inside the image. The other planned pixels lie
     // across an edge.
