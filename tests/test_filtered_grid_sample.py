@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from conftest import device_params
 from latentx import ops
 from latentx.ops import _native, reference
+from latentx.ops.filtered_grid_sample import affine_grid
 
 needs_native = pytest.mark.skipif(_native._C is None, reason="compiled library not built")
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-5),
@@ -277,6 +278,27 @@ def test_stretch_estimate():
     assert torch.isfinite(s).all() and s[0, 1, 0, 0] == 1 and s[0, 1, 2, 0] == 1 and s[0, 2, 2, 0] == 250
     far = F.affine_grid(1000 * theta, [1, 1, 4, 4], align_corners=False)
     assert reference.grid_stretch(far, 6, 5, False).max() == 6
+
+
+# F.affine_grid warns about its (documented) unit-size behaviour with align_corners=True.
+@pytest.mark.filterwarnings("ignore:Since version 1.3.0, affine_grid behavior has changed")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_affine_grid_is_f_affine_grid(dtype):
+    """warp_affine's grid is F.affine_grid's (to rounding), unit-size axes included, and so
+    is its gradient w.r.t. theta."""
+    theta = torch.randn(3, 2, 3, dtype=dtype, requires_grad=True)
+    # The gradient sums Ho * Wo products in another order: float32 rounding of ~1e-6.
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    for ho, wo in [(9, 11), (1, 5), (4, 1), (1, 1)]:
+        for align in (False, True):
+            got = affine_grid(theta, (ho, wo), align)
+            expected = F.affine_grid(theta, [3, 1, ho, wo], align_corners=align)
+            assert got.shape == expected.shape
+            torch.testing.assert_close(got, expected, **tol)
+            if got.numel():
+                upstream = torch.randn_like(got)
+                torch.testing.assert_close(torch.autograd.grad(got, theta, upstream)[0],
+                                           torch.autograd.grad(expected, theta, upstream)[0], **tol)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
