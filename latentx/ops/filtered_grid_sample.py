@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from latentx.ops import _native, reference
@@ -101,9 +100,9 @@ def affine_stretch(theta: Tensor, in_size: Sequence[int], out_size: Sequence[int
 def affine_grid(theta: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
     """``F.affine_grid(theta, [N, C, Ho, Wo], align_corners)``, [N, Ho, Wo, 2], by broadcasting
     theta over the normalised pixel centres instead of a batched matmul: the same grid up to
-    rounding (the order of the two products and the sum), about 5x faster on CPU, where the
-    matmul and its [N, Ho * Wo, 3] base grid cost as much as sampling a small image.
-    Differentiable w.r.t. theta."""
+    rounding (the order of the two products and the sum). On CPU it is ~1.7x faster
+    (18 x 64 x 64: 0.17 against 0.29 ms): the matmul and its [N, Ho * Wo, 3] base grid
+    cost about as much as sampling the image. Differentiable w.r.t. theta."""
     ho, wo = int(size[0]), int(size[1])
 
     def centres(n: int) -> Tensor:  # F.affine_grid's base coordinates along one axis
