@@ -136,8 +136,10 @@ class AxisRun {
   const T* w = nullptr;
   const T* dw = nullptr;
 
+  // max_taps: the most taps of a pixel computed alone (grid_max_taps); the buffers also hold
+  // a row plan's 2 kLanes (fill from weights).
   explicit AxisRun(int64_t max_taps)
-      : stride_(kPad + round_up(max_taps, kLanes) + kPad),
+      : stride_(kPad + round_up(std::max(max_taps, 2 * kLanes), kLanes) + kPad),
         raw_(2 * stride_, T(0)), fold_(2 * stride_, T(0)), read_(stride_) {}
 
   // `a` comes without its normalisation (grid_axis(..., normalize=false)): the sums of the
@@ -513,6 +515,7 @@ template <typename T>
 struct RowPlan {
   using I = typename Simd<T>::I;
   static constexpr int64_t kTaps = 2 * kLanes;  // taps planned per axis
+  static_assert(kTaps <= 2 * kLanes, "AxisRun's buffers hold a plan's taps (fill from weights)");
   // The x window's blocks (-1: across an edge, AxisRun from the planned weights; 0: AxisRun),
   // its first pixel (x's first tap), the first row with a weight (or derivative) and the
   // number of rows, and that row's tap (its weight's offset in wy).
@@ -699,19 +702,31 @@ LATENTX_INLINE void forward_planned(const RowPlan<T>& plan, int64_t col, int64_t
   }
 }
 
-// The x and y tap runs of output pixel p (index in [N, Ho, Wo]) with footprints sx, sy; false
-// where its grid location is not finite (the runs are then left as they were).
+// The x and y tap runs of output pixel p (index in [N, Ho, Wo]), at column `col` of its planned
+// row whose footprints are sx, sy, for a pixel not read directly (plan.blocks[col] <= 0): the
+// planned weights folded across an edge, or (not planned) computed alone; false where its grid
+// location is not finite (the runs are then left as they were).
 template <bool kGrad, typename scalar_t, typename T>
-LATENTX_INLINE bool pixel_runs(const GridSampleArgs& a, const scalar_t* grid, T sx, T sy,
-                               int64_t p, AxisRun<T>& rx, AxisRun<T>& ry) {
+LATENTX_INLINE bool pixel_runs(const GridSampleArgs& a, const scalar_t* grid, const RowPlan<T>& plan,
+                               int64_t col, const T* sx, const T* sy, int64_t p, AxisRun<T>& rx,
+                               AxisRun<T>& ry) {
+  constexpr int64_t kTaps = RowPlan<T>::kTaps;
   const int64_t h = a.input.size(2), w = a.input.size(3);
+  if (plan.blocks[col] < 0) {
+    const int64_t at = col * kTaps;
+    rx.template fill<kGrad>(plan.wx.data() + at, kGrad ? plan.dwx.data() + at : nullptr,
+                            plan.x0[col], kTaps, w, a.padding, a.align_corners);
+    ry.template fill<kGrad>(plan.wy.data() + at, kGrad ? plan.dwy.data() + at : nullptr,
+                            plan.y0[col] - plan.wy_at[col], kTaps, h, a.padding, a.align_corners);
+    return true;
+  }
   const T cap = T(std::max(h, w));
   const T ix = grid_unnormalize(static_cast<T>(grid[2 * p]), w, a.align_corners);
   const T iy = grid_unnormalize(static_cast<T>(grid[2 * p + 1]), h, a.align_corners);
   if (!(grid_finite(ix) && grid_finite(iy))) return false;
-  rx.template fill<kGrad>(grid_axis(ix, sx, w, cap, a.padding, a.align_corners, a.filter, false),
+  rx.template fill<kGrad>(grid_axis(ix, sx[col], w, cap, a.padding, a.align_corners, a.filter, false),
                           w, a.padding, a.align_corners);
-  ry.template fill<kGrad>(grid_axis(iy, sy, h, cap, a.padding, a.align_corners, a.filter, false),
+  ry.template fill<kGrad>(grid_axis(iy, sy[col], h, cap, a.padding, a.align_corners, a.filter, false),
                           h, a.padding, a.align_corners);
   return true;
 }
@@ -727,9 +742,7 @@ LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o,
   const scalar_t* in = a.input.const_data_ptr<scalar_t>();
   const scalar_t* grid = a.grid.const_data_ptr<scalar_t>();
   const T* stretch = a.stretch.defined() ? a.stretch.const_data_ptr<T>() : nullptr;
-  // The runs also take the plan's kTaps weights (AxisRun::fill from weights).
-  const int64_t run_taps = std::max(max_taps, RowPlan<T>::kTaps);
-  AxisRun<T> rx(run_taps), ry(run_taps);
+  AxisRun<T> rx(max_taps), ry(max_taps);
   std::vector<T> sx(round_up(wo, kLanes)), sy(round_up(wo, kLanes));
   RowPlan<T> plan(wo, false);
   for (int64_t row = begin; row < end; ++row) {
@@ -745,13 +758,7 @@ LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o,
         forward_planned(plan, col, blocks, plane, c, h, w, dst, plane_out);
         continue;
       }
-      if (blocks < 0) {  // planned, across an edge
-        constexpr int64_t kTaps = RowPlan<T>::kTaps;
-        rx.template fill<false>(plan.wx.data() + col * kTaps, nullptr, plan.x0[col], kTaps, w,
-                                a.padding, a.align_corners);
-        ry.template fill<false>(plan.wy.data() + col * kTaps, nullptr, plan.y0[col] - plan.wy_at[col],
-                                kTaps, h, a.padding, a.align_corners);
-      } else if (!pixel_runs<false>(a, grid, sx[col], sy[col], p, rx, ry)) {
+      if (!pixel_runs<false>(a, grid, plan, col, sx.data(), sy.data(), p, rx, ry)) {
         for (int64_t ch = 0; ch < c; ++ch) dst[ch * plane_out] = scalar_t(0);  // undefined location: 0
         continue;
       }
@@ -881,6 +888,30 @@ LATENTX_INLINE void backward_run(const AxisRun<T>& rx, const AxisRun<T>& ry, con
   }
 }
 
+// The backward of pixel `col` of a planned row whose window lies inside the image (blocks > 0),
+// as forward_planned.
+template <typename scalar_t, typename T>
+LATENTX_INLINE void backward_planned(const RowPlan<T>& plan, int64_t col, int64_t blocks,
+                                     const scalar_t* in, const scalar_t* go, T* gin, int64_t c,
+                                     int64_t h, int64_t w, int64_t plane_out, T& gx, T& gy) {
+  constexpr int64_t kTaps = RowPlan<T>::kTaps;
+  const T* wx = plan.wx.data() + col * kTaps;
+  const T* dwx = plan.dwx.data() + col * kTaps;
+  const int64_t at = col * kTaps + plan.wy_at[col];
+  const T* wy = plan.wy.data() + at;
+  const T* dwy = plan.dwy.data() + at;
+  const int64_t y0 = plan.y0[col], ny = plan.ny[col];
+  if (blocks == 1) {
+    XWindow<1, T> xw;
+    xw.template set_planned<true>(wx, dwx, plan.x0[col]);
+    backward_window<1>(xw, wy, dwy, y0, ny, in, go, gin, c, h, w, plane_out, gx, gy);
+  } else {
+    XWindow<2, T> xw;
+    xw.template set_planned<true>(wx, dwx, plan.x0[col]);
+    backward_window<2>(xw, wy, dwy, y0, ny, in, go, gin, c, h, w, plane_out, gx, gy);
+  }
+}
+
 // Samples [begin, end), an output row at a time, planned as in the forward. gin / gg null:
 // that gradient is not wanted.
 template <typename scalar_t>
@@ -888,10 +919,9 @@ LATENTX_CPU_MULTIVERSION void backward_samples(const GridSampleArgs& a, const sc
                                                at::opmath_type<scalar_t>* gin, scalar_t* gg,
                                                int64_t begin, int64_t end) {
   using T = at::opmath_type<scalar_t>;
-  constexpr int64_t kTaps = RowPlan<T>::kTaps;
   const int64_t c = a.input.size(1), h = a.input.size(2), w = a.input.size(3);
   const int64_t ho = a.grid.size(1), wo = a.grid.size(2), plane_out = ho * wo;
-  const int64_t max_taps = std::max(grid_max_taps(std::max(h, w)), kTaps);
+  const int64_t max_taps = grid_max_taps(std::max(h, w));
   const T scale_x = T(grid_unnormalize_scale(w, a.align_corners));
   const T scale_y = T(grid_unnormalize_scale(h, a.align_corners));
   const scalar_t* in = a.input.const_data_ptr<scalar_t>();
@@ -914,32 +944,10 @@ LATENTX_CPU_MULTIVERSION void backward_samples(const GridSampleArgs& a, const sc
         const int64_t blocks = plan.blocks[col];
         T gx = T(0), gy = T(0);
         if (blocks > 0) {
-          const T* wx = plan.wx.data() + col * kTaps;
-          const T* dwx = plan.dwx.data() + col * kTaps;
-          const int64_t at = col * kTaps + plan.wy_at[col];
-          const T* wy = plan.wy.data() + at;
-          const T* dwy = plan.dwy.data() + at;
-          if (blocks == 1) {
-            XWindow<1, T> xw;
-            xw.template set_planned<true>(wx, dwx, plan.x0[col]);
-            backward_window<1>(xw, wy, dwy, plan.y0[col], plan.ny[col], plane, gop, gplane, c, h,
-                               w, plane_out, gx, gy);
-          } else {
-            XWindow<2, T> xw;
-            xw.template set_planned<true>(wx, dwx, plan.x0[col]);
-            backward_window<2>(xw, wy, dwy, plan.y0[col], plan.ny[col], plane, gop, gplane, c, h,
-                               w, plane_out, gx, gy);
-          }
+          backward_planned(plan, col, blocks, plane, gop, gplane, c, h, w, plane_out, gx, gy);
         } else {
-          if (blocks < 0) {  // planned, across an edge
-            rx.template fill<true>(plan.wx.data() + col * kTaps, plan.dwx.data() + col * kTaps,
-                                   plan.x0[col], kTaps, w, a.padding, a.align_corners);
-            ry.template fill<true>(plan.wy.data() + col * kTaps, plan.dwy.data() + col * kTaps,
-                                   plan.y0[col] - plan.wy_at[col], kTaps, h, a.padding,
-                                   a.align_corners);
-          } else if (!pixel_runs<true>(a, grid, sx[col], sy[col], p, rx, ry)) {
+          if (!pixel_runs<true>(a, grid, plan, col, sx.data(), sy.data(), p, rx, ry))
             continue;  // not finite: the output is 0 and has no gradient (zeroed)
-          }
           if (rx.len == 0 || ry.len == 0) continue;  // every tap reads zero padding
           if (rx.len <= kLanes && w >= kLanes) {
             XWindow<1, T> xw;
