@@ -140,10 +140,10 @@ def test_gradients_on_larger_images(device, filt):
     kernels' row plan reads most pixels directly: windows of one block (footprints ~2.5 and
     ~1) and of two (~6: the tent's 12-14 taps), pixels across each edge, and long footprints
     left to AxisRun (~14, and the Gaussian's at ~6)."""
-    for (n, c, h, w, ho, wo), scale in [((2, 3, 40, 53, 16, 20), 1.0), ((1, 2, 61, 47, 9, 8), 1.0),
-                                        ((1, 3, 33, 35, 30, 31), 1.0), ((1, 1, 60, 50, 4, 4), 1.0)]:
+    for n, c, h, w, ho, wo in [(2, 3, 40, 53, 16, 20), (1, 2, 61, 47, 9, 8), (1, 3, 33, 35, 30, 31),
+                               (1, 1, 60, 50, 4, 4)]:
         x = torch.randn(n, c, h, w, dtype=torch.float64, device=device, requires_grad=True)
-        grid = warp_grid(n, ho, wo, scale=scale, device=device).requires_grad_()
+        grid = warp_grid(n, ho, wo, scale=1.0, device=device).requires_grad_()
         upstream = torch.randn(n, c, ho, wo, dtype=torch.float64, device=device)
         for padding in PADDINGS:
             for align in (False, True):
