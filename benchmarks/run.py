@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 import torch
 
 import latentx
+from latentx import _threads
 from latentx.benchmarks import (
     bench_advlat,
     bench_cma,
@@ -40,11 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", choices=sorted(BENCHMARKS), action="append",
                    help="run only this benchmark (repeatable; default: all)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON here")
+    _threads.add_threads_argument(p)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    _threads.configure_threads(args.threads, prog="latentx bench")
     device = torch.device(args.device)
     info = latentx.backend(device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()

@@ -14,6 +14,8 @@ Every latent update is the fused op :func:`latentx.ops.ifgsm_step_`.
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from typing import Callable, Iterator, NamedTuple, Optional, Sequence, Union
 
 import torch
@@ -88,6 +90,50 @@ def _logits(D: Callable[[Tensor], Tensor], x: Tensor, b: int) -> Tensor:
     return out.reshape(b)
 
 
+def _check_int(name: str, value, minimum: int) -> None:
+    """``value`` must be an integer (not a bool, not a float) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+
+
+def _check_amount(name: str, value, n: Optional[int], positive: bool = False) -> None:
+    """A step size or radius: a finite number >= 0 (> 0 with ``positive``), or a tensor of
+    such values holding one value or one per latent [n]."""
+    bound = "> 0" if positive else ">= 0"
+    if isinstance(value, Tensor):
+        if value.dim() != 0 and n is not None and tuple(value.shape) != (n,):
+            raise ValueError(f"{name} must be a number or a tensor of one value per latent [{n}], "
+                             f"got shape {list(value.shape)}")
+        v = value.detach()
+        bad = ~torch.isfinite(v) | ((v <= 0) if positive else (v < 0))
+        if bool(bad.any()):
+            raise ValueError(f"{name} must hold finite values {bound}, got {v.flatten()[bad.flatten()][0].item()}")
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
+    if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+        raise ValueError(f"{name} must be a finite number {bound}, got {value}")
+
+
+def _check_bounds(bounds) -> None:
+    if bounds is None:
+        return
+    try:
+        lower, upper = bounds
+        ok = float(lower) <= float(upper)  # False for NaN
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"bounds must be (lower, upper) numbers with lower <= upper, got {bounds!r}")
+
+
+def _check_impl(impl) -> None:
+    if impl not in ops._native.IMPLS:
+        raise ValueError(f"impl must be one of {ops._native.IMPLS}, got {impl!r}")
+
+
 def _per_chunk(value: Union[Tensor, Number, None], n: int, lo: int, hi: int, device: torch.device, name: str):
     """A number as is; a per-latent tensor [N] sliced to the chunk and moved to its device."""
     if not isinstance(value, Tensor):
@@ -133,8 +179,7 @@ def ifgsm(
     Raises:
         FloatingPointError: the objective or its gradient is not finite; names the step.
     """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    _check_int("steps", steps, 0)
     lower, upper = (None, None) if bounds is None else bounds
     for i in range(steps):
         zg = z.detach().requires_grad_(True)
@@ -189,22 +234,35 @@ def refine(
 
     Returns:
         :class:`Refined` ``(z, scores)``: refined latents like ``z`` and [steps + 1] mean
-        logits (before each step, then after the last).
+        logits (before each step, then after the last; zeros when N = 0).
 
     Raises:
+        TypeError, ValueError: a bad argument (named in the message): non-integer ``steps``
+            or ``batch_size``, a negative or non-finite ``step_size`` or ``radius``, bad
+            ``bounds``, non-finite ``z``.
         FloatingPointError: a non-finite loss or gradient, naming the step and chunk.
     """
+    for name, module in (("G", G), ("D", D)):
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
     if not isinstance(z, Tensor) or not z.is_floating_point() or z.dim() < 1:
-        raise TypeError("z must be a floating-point tensor [N, ...]")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
-    if bounds is not None and not (len(bounds) == 2 and bounds[0] <= bounds[1]):
-        raise ValueError(f"bounds must be (lower, upper) with lower <= upper, got {bounds}")
-    objective_of = score_loss(loss)
+        raise TypeError(f"z must be a floating-point tensor [N, ...], got "
+                        f"{z.dtype if isinstance(z, Tensor) else type(z).__name__}")
+    _check_int("steps", steps, 0)
+    if batch_size is not None:
+        _check_int("batch_size", batch_size, 1)
     n = z.shape[0]
-    chunk = n if batch_size is None else batch_size
+    _check_amount("step_size", step_size, n)
+    if radius is not None:
+        _check_amount("radius", radius, n)
+    _check_bounds(bounds)
+    _check_impl(impl)
+    objective_of = score_loss(loss)
+    # max(·, 1): N = 0 is valid (no chunks), and range() refuses a zero stride.
+    chunk = max(n if batch_size is None else batch_size, 1)
+    for lo in range(0, n, chunk):  # chunk by chunk: no copy of z as large as z
+        if not bool(torch.isfinite(z[lo:lo + chunk]).all()):
+            raise ValueError(f"z must be finite; latents {lo}:{min(lo + chunk, n)} hold NaN or inf")
     device = model_device(G, z.device)
     out = torch.empty_like(z)
     score_sums = torch.zeros(steps + 1, dtype=torch.float64, device=device)
@@ -263,7 +321,8 @@ def hard_pair(
     Args:
         G: generator, called as ``G(z)`` or, with ``c``, ``G(z, c)``.
         z0: latents [B, ...]. c: conditions for G [B, ...] or None.
-        steps, step_size, radius: I-FGSM steps, ε and the ℓ∞ radius r (numbers or [B]).
+        steps, step_size, radius: I-FGSM steps, ε and the ℓ∞ radius r (numbers or [B]);
+            r > 0 (at r = 0 the only candidate is z₀, where the ratio is 0/0).
         bounds: optional (lower, upper) box.
         generator: RNG for the random start.
 
@@ -272,6 +331,15 @@ def hard_pair(
     """
     if radius is None:
         raise ValueError("radius is required: eq. 8 searches inside an l-inf ball")
+    if not isinstance(z0, Tensor) or not z0.is_floating_point() or z0.dim() < 1:
+        raise TypeError(f"z0 must be a floating-point tensor [B, ...], got "
+                        f"{z0.dtype if isinstance(z0, Tensor) else type(z0).__name__}")
+    _check_int("steps", steps, 0)
+    _check_amount("step_size", step_size, z0.shape[0])
+    # r = 0 leaves z = z0, where the ratio is 0/0: refuse it rather than report a NaN loss.
+    _check_amount("radius", radius, z0.shape[0], positive=True)
+    _check_bounds(bounds)
+    _check_impl(impl)
     run = (lambda z: G(z)) if c is None else (lambda z: G(z, c))
     z0 = z0.detach()
     r = radius.reshape((-1,) + (1,) * (z0.dim() - 1)) if isinstance(radius, Tensor) else radius
@@ -337,6 +405,10 @@ def train_step(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    _check_int("z_dim", z_dim, 1)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("latent_steps", latent_steps, 0)
+    _check_int("d_steps", d_steps, 1)
     if method == "div" and latent_steps > 0 and radius is None:
         raise ValueError("method='div' with latent_steps > 0 needs a radius (the eq. 8 ball)")
     device = model_device(G, torch.device("cpu"))
@@ -402,6 +474,7 @@ def train(
     ``radius``, ``loss``, ``d_steps``, ``lambda_ms``, ...). Returns one stats dict per
     iteration.
     """
+    _check_int("iterations", iterations, 0)
     opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)
     G.train()

@@ -8,7 +8,7 @@ import sys
 from typing import Optional, Sequence
 
 import latentx
-from latentx import project_cli, refine_cli
+from latentx import _threads, edit_cli, project_cli, refine_cli
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -68,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     refine_cli.add_arguments(refine)
     refine.set_defaults(func=refine_cli.run)
 
+    edit = sub.add_parser(
+        "edit",
+        help="move latents toward target attributes (CG, SGF, InterFaceGAN, GANSpace; seed 000)",
+        description=edit_cli.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    edit_cli.add_arguments(edit)
+    edit.set_defaults(func=edit_cli.run)
+
     info = sub.add_parser("info", help="print which implementation runs and the build's facts")
     info.add_argument("--device", default="cpu", help="device to report on (default: cpu)")
     info.set_defaults(func=_cmd_info)
@@ -80,6 +89,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, args.extra = parser.parse_known_args(argv)
     if args.extra and args.command != "bench":
         parser.error(f"unrecognized arguments: {' '.join(args.extra)}")
+    if hasattr(args, "threads"):  # subcommands that compute; `bench` sets its own
+        _threads.configure_threads(args.threads, prog=f"latentx {args.command}")
     return args.func(args)
 
 

@@ -28,6 +28,7 @@ path (``ask``, ``tell``, ``stop``, ``result``, ``optimize``), one instance in fl
 from __future__ import annotations
 
 import math
+import warnings
 from collections import namedtuple
 from numbers import Integral, Real
 from typing import Callable, Optional, Sequence, Union
@@ -644,7 +645,8 @@ class CMAEvolutionStrategy:
     float64, CPU).
 
     Args:
-        x0: the initial mean, a sequence of d numbers.
+        x0: the initial mean, a sequence of d numbers (1-D; a [1, d] or [d, 1] array is
+            flattened with a warning, as pycma does; other shapes raise).
         sigma0: the initial step size, a number > 0.
         inopts: pycma options; supported: ``popsize``, ``bounds`` (``[lower, upper]``,
             numbers or None), ``seed`` (int; None or 0 draws one), ``maxiter``, ``tolfun``,
@@ -661,7 +663,21 @@ class CMAEvolutionStrategy:
         if unknown:
             raise ValueError(f"CMAEvolutionStrategy: unsupported option(s) {unknown}; "
                              f"supported: {', '.join(_FRONT_OPTIONS)}")
-        mean0 = torch.as_tensor(np.asarray(x0, dtype=np.float64).reshape(1, -1))
+        try:
+            x0_array = np.array(x0, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"CMAEvolutionStrategy: x0 must be a sequence of d numbers, got {x0!r}") from err
+        if x0_array.ndim == 2 and 1 in x0_array.shape:
+            # pycma flattens a row or column vector with a warning, and so do we.
+            warnings.warn(f"CMAEvolutionStrategy: x0 should be 1-D, flattening shape {x0_array.shape}",
+                          UserWarning, stacklevel=2)
+            x0_array = x0_array.reshape(-1)
+        if x0_array.ndim != 1 or x0_array.size < 1:
+            raise ValueError(f"CMAEvolutionStrategy: x0 must be a 1-D sequence of d >= 1 numbers, "
+                             f"got shape {x0_array.shape}")
+        if not np.isfinite(x0_array).all():
+            raise ValueError("CMAEvolutionStrategy: x0 holds NaN or infinite values")
+        mean0 = torch.as_tensor(x0_array.reshape(1, -1))
         bounds = opts.get("bounds")
         if bounds is not None:
             if len(bounds) != 2 or any(v is not None and np.ndim(v) != 0 for v in bounds):

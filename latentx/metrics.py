@@ -8,6 +8,7 @@ digit classifier's penultimate layer, ...); :func:`extract_features` runs one in
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Optional
 
 import torch
@@ -18,6 +19,12 @@ from torch import Tensor
 def extract_features(extractor: Callable[[Tensor], Tensor], x: Tensor, batch_size: int = 512,
                      device: Optional[torch.device] = None) -> Tensor:
     """``extractor`` over ``x`` [N, ...] in chunks, without gradients → features [N, F] on x's device."""
+    if not callable(extractor):
+        raise TypeError(f"extractor must be callable, got {type(extractor).__name__}")
+    if not isinstance(x, Tensor) or x.dim() < 1:
+        raise TypeError(f"x must be a tensor [N, ...], got {getattr(x, 'shape', type(x).__name__)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     chunks = []
     for lo in range(0, len(x), batch_size):
         part = x[lo:lo + batch_size]
@@ -26,8 +33,16 @@ def extract_features(extractor: Callable[[Tensor], Tensor], x: Tensor, batch_siz
 
 
 def _check_features(name: str, f: Tensor) -> None:
-    if not isinstance(f, Tensor) or f.dim() != 2 or f.shape[0] < 2:
-        raise ValueError(f"{name} must be features [N >= 2, F], got {getattr(f, 'shape', type(f))}")
+    if not isinstance(f, Tensor) or f.dim() != 2 or f.shape[0] < 2 or f.shape[1] < 1:
+        raise ValueError(f"{name} must be features [N >= 2, F >= 1], got {getattr(f, 'shape', type(f))}")
+    if f.is_complex() or f.dtype == torch.bool:
+        raise TypeError(f"{name} must be real-valued features, got {f.dtype}")
+    # NaN would reach eigh as a LinAlgError (FID) or quietly count as "outside" (coverage).
+    bad = ~torch.isfinite(f).all(dim=1) if f.is_floating_point() else None
+    if bad is not None and bool(bad.any()):
+        rows = bad.nonzero().flatten()
+        raise ValueError(f"{name} holds NaN or infinite values in {len(rows)} of {len(f)} rows "
+                         f"(first: row {int(rows[0])})")
 
 
 def feature_stats(features: Tensor) -> tuple[Tensor, Tensor]:
@@ -43,7 +58,21 @@ def frechet_distance(mu1: Tensor, cov1: Tensor, mu2: Tensor, cov2: Tensor) -> fl
     Tr (Σ₁Σ₂)^½ is the sum of the square roots of the eigenvalues of Σ₁^½ Σ₂ Σ₁^½, a
     symmetric PSD matrix with the same spectrum as Σ₁Σ₂: an eigendecomposition in float64,
     no scipy, and no complex parts from round-off.
+
+    Args:
+        mu1, mu2: means [F]. cov1, cov2: covariances [F, F]. All finite.
     """
+    names = ("mu1", "cov1", "mu2", "cov2")
+    for name, t in zip(names, (mu1, cov1, mu2, cov2)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    f = mu1.shape[-1] if mu1.dim() == 1 else -1
+    for name, t, shape in zip(names, (mu1, cov1, mu2, cov2), ((f,), (f, f), (f,), (f, f))):
+        if tuple(t.shape) != shape or f < 1:
+            raise ValueError(f"{name} must have shape {list(shape) if f >= 1 else '[F]'} (mu1 [F], cov [F, F]), "
+                             f"got {list(t.shape)}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} holds NaN or infinite values")
     mu1, cov1, mu2, cov2 = (t.double() for t in (mu1, cov1, mu2, cov2))
     vals, vecs = torch.linalg.eigh(cov1)
     sqrt1 = (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
@@ -74,6 +103,10 @@ def density_coverage(real: Tensor, fake: Tensor, k: int = 5) -> dict[str, float]
     """
     _check_features("real", real)
     _check_features("fake", fake)
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(f"real and fake must have the same feature size, got {real.shape[1]} and {fake.shape[1]}")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"k must be an integer, got {type(k).__name__} {k!r}")
     if not 1 <= k < len(real):
         raise ValueError(f"k must be in [1, N) with N={len(real)} real samples, got {k}")
     real, fake = real.double(), fake.double()

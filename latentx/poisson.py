@@ -14,6 +14,9 @@ Pixels on the image border are kept out of Ω (they have no full neighbourhood).
 
 from __future__ import annotations
 
+import math
+import numbers
+import warnings
 from typing import Optional
 
 import torch
@@ -51,10 +54,32 @@ def poisson_blend(source: Tensor, target: Tensor, region: Tensor, *, tol: float 
 
     Returns:
         [N, C, H, W]: f inside Ω, t elsewhere (and the info dict with ``return_info``).
+
+    Raises:
+        TypeError, ValueError: a bad argument, named in the message (NaN or infinite pixels
+            in ``source`` or ``target`` included: they would spread through the whole solve).
+        FloatingPointError: the solve produced NaN or infinite pixels.
+
+    Warns:
+        RuntimeWarning: CG stopped at ``max_iter`` with a relative residual above ``tol``
+        (the result is the unconverged iterate); raise ``max_iter`` or ``tol``.
     """
+    for name, x in (("source", source), ("target", target), ("region", region)):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"poisson_blend: {name} must be a tensor, got {type(x).__name__}")
+    for name, x in (("source", source), ("target", target)):
+        if not x.is_floating_point():
+            raise TypeError(f"poisson_blend: {name} must be a floating-point image, got {x.dtype}")
     if source.dim() != 4 or source.shape != target.shape:
         raise ValueError(f"poisson_blend: source and target must be [N, C, H, W] of one shape, got "
                          f"{list(source.shape)} and {list(target.shape)}")
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (math.isfinite(tol) and tol > 0):
+        raise ValueError(f"poisson_blend: tol must be a finite number > 0, got {tol!r}")
+    if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral)
+                                 or max_iter < 1):
+        raise ValueError(f"poisson_blend: max_iter must be an integer >= 1 or None, got {max_iter!r}")
+    if region.dtype != torch.bool and not bool(torch.isfinite(region).all()):
+        raise ValueError("poisson_blend: region holds NaN or infinite values")
     n, c, h, w = source.shape
     if region.dim() == 2:
         region = region[None, None].expand(n, 1, h, w)
@@ -79,6 +104,11 @@ def poisson_blend(source: Tensor, target: Tensor, region: Tensor, *, tol: float 
     g = source[..., r0:r1, c0:c1].to(dtype)
     t = target[..., r0:r1, c0:c1].to(dtype)
     m = omega[..., r0:r1, c0:c1].to(dtype)
+    # Only the crop enters the solve (Ω and its one-pixel boundary): NaN elsewhere is kept as is.
+    for name, x in (("source", g), ("target", t)):
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"poisson_blend: {name} holds NaN or infinite values inside the region "
+                             "or on its boundary")
 
     # Guidance Δg (full 4-neighbourhood: Ω has no border pixels) and the boundary term.
     lap_g = 4 * g - _neighbour_sum(g)
@@ -111,6 +141,13 @@ def poisson_blend(source: Tensor, target: Tensor, region: Tensor, *, tol: float 
         if k % 10 == 0 or k == max_iter:
             rel = float((rr / bb).sqrt().max())
     rel = float((rr / bb).sqrt().max())
+    if not (math.isfinite(rel) and bool(torch.isfinite(x).all())):
+        raise FloatingPointError(f"poisson_blend: the solve diverged after {k} CG iterations "
+                                 "(non-finite values; are the images' magnitudes within float range?)")
+    if rel > tol:
+        warnings.warn(f"poisson_blend: CG did not converge: relative residual {rel:.2e} > tol={tol:g} "
+                      f"after max_iter={k} iterations; the result is the unconverged iterate "
+                      "(raise max_iter, or tol)", RuntimeWarning, stacklevel=2)
     inner = torch.where(m > 0, x, t).to(target.dtype)
     result[..., r0:r1, c0:c1] = inner
     if return_info:

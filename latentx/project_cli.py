@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from latentx import _threads
 from latentx.transforms import SpatialTransform
 
 # The astronaut's face in skimage.data.astronaut() (512×512), pixels (x0, y0, x1, y1): read off
@@ -426,6 +427,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                    help="'face-dcgan' (default) or package.module:factory (with --checkpoint)")
     p.add_argument("--checkpoint", default=None, help="state dict for --generator (weights_only=True)")
     p.add_argument("--device", default="cpu")
+    _threads.add_threads_argument(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--paper-budget", action="store_true",
                    help="the paper's budget: 18 seeds, 30×30 transform search, BasinCMA 30×30 + 300 "

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from latentx import advlat, losses
+from latentx import _threads, advlat, losses
 
 SHARD_DIR = "shards"
 
@@ -67,6 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--shard-size", type=int, default=65536, help="latents per shard file (default: 65536)")
     run.add_argument("--batch-size", type=int, default=4096, help="latents per chunk on the device (default: 4096)")
     run.add_argument("--device", help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
+    _threads.add_threads_argument(run)
     run.add_argument("--stop-after", type=int, metavar="K",
                      help="stop after K shards in this process (to test resuming)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")

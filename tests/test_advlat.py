@@ -117,11 +117,26 @@ class Sqrt(nn.Module):
         return x.abs().sqrt().sum(1)
 
 
+class Log(nn.Module):
+    """A 'discriminator' that is NaN below zero: finite latents, non-finite loss."""
+
+    def forward(self, x):
+        return x[:, 0].log()
+
+
 def test_non_finite_loss_names_step_and_chunk():
-    z = torch.randn(10, 3)
-    z[5, 1] = float("nan")
+    z = torch.rand(10, 3) + 1
+    z[5, 0] = -1.0
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 0 of chunk 1 \(latents 4:8\)"):
-        advlat.refine(nn.Identity(), Sqrt(), z + 5, steps=2, step_size=0.1, batch_size=4, progress=False)
+        advlat.refine(nn.Identity(), Log(), z, steps=2, step_size=0.1, batch_size=4, progress=False)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_latents_are_named_before_any_work(bad):
+    z = torch.randn(10, 3)
+    z[5, 1] = bad
+    with pytest.raises(ValueError, match=r"z must be finite; latents 4:8"):
+        advlat.refine(nn.Identity(), Sqrt(), z, steps=2, step_size=0.1, batch_size=4, progress=False)
 
 
 def test_non_finite_gradient_names_step_and_chunk():
@@ -144,6 +159,31 @@ def test_bad_arguments():
         advlat.refine(G, nn.Identity(), z, steps=1, step_size=0.1, progress=False)
     with pytest.raises(ValueError, match="bounds"):
         advlat.refine(G, D, z, steps=1, step_size=0.1, bounds=(1.0, -1.0), progress=False)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(steps=2.0), "steps"), (dict(steps=True), "steps"), (dict(steps=-1), "steps"),
+    (dict(batch_size=2.5), "batch_size"), (dict(batch_size=0), "batch_size"),
+    (dict(step_size=-0.1), "step_size"), (dict(step_size=float("nan")), "step_size"),
+    (dict(radius=-0.1), "radius"), (dict(radius=torch.tensor([0.1, float("nan"), 0.1, 0.1])), "radius"),
+    (dict(bounds=2.0), "bounds"), (dict(bounds=(0.0, float("nan"))), "bounds"), (dict(impl="fast"), "impl"),
+])
+def test_bad_arguments_are_named(kwargs, name):
+    """Found by the bad-input review: float steps / batch_size failed deep inside range()."""
+    G, D = ring_pair()
+    args = {**dict(steps=2, step_size=0.1, progress=False), **kwargs}
+    with pytest.raises((TypeError, ValueError), match=name):
+        advlat.refine(G, D, torch.randn(4, 2), **args)
+
+
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_refine_zero_latents(batch_size):
+    """N = 0 is a valid (empty) input: it crashed with "range() arg 3 must not be zero"."""
+    G, D = ring_pair()
+    z0 = torch.randn(0, 2)
+    z, scores = advlat.refine(G, D, z0, steps=3, step_size=0.1, batch_size=batch_size, progress=False)
+    assert z.shape == (0, 2) and z.dtype == z0.dtype
+    assert scores.shape == (4,) and (scores == 0).all()
 
 
 @pytest.mark.parametrize("device", device_params())
@@ -283,3 +323,17 @@ def test_fid_and_density_coverage():
     assert far == {"density": 0.0, "coverage": 0.0}
     collapsed = metrics.density_coverage(a, torch.zeros(500, 4) + 0.01 * b[:500])
     assert collapsed["coverage"] < 0.2
+
+
+@pytest.mark.parametrize("radius", [0, 0.0, torch.tensor([0.1, 0.0, 0.1])])
+def test_hard_pair_zero_radius_is_named(radius):
+    """At r = 0 the ratio is 0/0: that used to surface as a misleading "non-finite loss"."""
+    G, _ = ring_pair()
+    with pytest.raises(ValueError, match="radius must .*> 0"):
+        advlat.hard_pair(G, torch.randn(3, 2), steps=2, step_size=0.01, radius=radius)
+
+
+def test_hard_pair_bad_steps_are_named():
+    G, _ = ring_pair()
+    with pytest.raises(TypeError, match="steps"):
+        advlat.hard_pair(G, torch.randn(3, 2), steps=2.5, step_size=0.01, radius=0.1)
