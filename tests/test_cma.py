@@ -570,3 +570,17 @@ def test_front_rejects_unknown_options():
         CMAEvolutionStrategy([0.0, 0.0], 1.0, {"CMA_elitist": True})
     with pytest.raises(ValueError, match="per-coordinate bounds are not supported"):
         CMAEvolutionStrategy([0.0, 0.0], 1.0, {"bounds": [[-1, -1], [1, 1]]})
+
+
+def test_front_x0_must_be_one_dimensional():
+    """A 2-D x0 was flattened silently into a (rows × cols)-dimensional problem."""
+    with pytest.raises(ValueError, match=r"x0 must be a 1-D .* shape \(3, 4\)"):
+        CMAEvolutionStrategy(np.zeros((3, 4)), 0.5, {"verbose": -9})
+    for bad in ([], 1.5, [0.0, float("nan")], [[1.0, 2.0], [3.0]], "x"):
+        with pytest.raises((TypeError, ValueError), match="x0"):
+            CMAEvolutionStrategy(bad, 0.5, {"verbose": -9})
+    # A row or column vector is what pycma flattens with a warning; so do we.
+    for shape in ((1, 3), (3, 1)):
+        with pytest.warns(UserWarning, match="x0 should be 1-D"):
+            es = CMAEvolutionStrategy(np.arange(3.0).reshape(shape), 0.5, {"verbose": -9, "seed": 3})
+        assert es.mean.shape == (3,) and es.mean.tolist() == [0.0, 1.0, 2.0]
