@@ -23,8 +23,9 @@ Choices the papers leave open, made here (EDITING.md lists the gaps):
   GroupNorm, width 512 (the SGF repositories' width for 512-d latents), 32 groups (Wu & He's
   default; fewer when the width needs it). Filled from SGF's public implementations
   (KYM384/SGF, hyungkwonko/sgf-pytorch), which condition every block on c (AdaIN): here c is
-  concatenated to every block's input, and F = z + head(h) with a zero-initialised head, so F
-  starts as the identity. The figure's third input "N" is read as noise: the denoiser remedy
+  concatenated to every block's input, and F = z + head(h) (a residual: F only has to learn
+  the correction). The head is initialised like every layer (not to zero: with a zero head and
+  the plain loss F would stay exactly the identity). The figure's third input "N" is read as noise: the denoiser remedy
   below feeds F a noisy z during training.
 * **F ignoring c.** F(z, c) = z solves the papers' loss ‖F(z, Φ(z)) − z‖² exactly, and then the
   field is zero. :func:`train_mapping` trains, by default, the denoiser
@@ -44,8 +45,10 @@ Choices the papers leave open, made here (EDITING.md lists the gaps):
   z_{i+1} = z_i + η d_i with η = 1 (g is already a displacement, so the step needs no scale;
   line 10's α is not reused as a step). Default α = 1.
 * **Convergence** ("c close to c₁", both methods). A sample converges when every targeted
-  attribute has reached its goal: crossed it in the direction of travel
-  (sign(goal − c₀)·(c − goal) ≥ 0); a sample already at its goal converges at once.
+  attribute has reached its goal: come within ``tol`` (default 0.01) of it or crossed it in the
+  direction of travel (sign(goal − c₀)·(c − goal) ≥ −tol); a sample already there converges at
+  once. The tolerance is needed: CG's closed loop (δc_i ∝ c₁ − c_i) approaches the goal
+  geometrically and need not cross it; ``tol=0`` is the strict crossing rule.
   Converged samples stop moving (per-sample masks; only the others are evaluated).
 * **MDS.** At each strength s: accuracy = share of all N samples whose target attribute has
   reached the goal (the rule above); disentanglement = (1/N) Σ_i (1 − n_i/(M − 1)) over all
@@ -400,7 +403,7 @@ def interfacegan_boundaries(bank: SampleBank, attributes: Optional[Sequence[str]
     """One linear SVM per attribute on the bank's extremes (InterFaceGAN ``train_boundary``).
 
     For attribute j: sort the bank by c_j; the top and the bottom k = ⌊n·ratio⌋ latents
-    (``ratio`` > 1 is a count) are positives and negatives; each side is shuffled (seeded) and
+    (``ratio`` > 1 is a count) are positives and negatives; each side is shuffled (seeded per attribute) and
     its first ⌊k·train_fraction⌋ train, the rest give the held-out accuracy. The boundary is
     the SVM's unit normal w/‖w‖ (positive side = high c_j). All attributes' SVMs are solved
     together by :func:`fit_linear_svms` on ``device`` (default CPU).
@@ -420,9 +423,10 @@ def interfacegan_boundaries(bank: SampleBank, attributes: Optional[Sequence[str]
         raise ValueError(f"ratio={ratio} of n={n} latents leaves {k} per side and {k_train} for training; "
                          "use a larger bank or ratio")
     device = torch.device("cpu") if device is None else torch.device(device)
-    gen = torch.Generator().manual_seed(seed)
     xs_tr, ys_tr, xs_va, ys_va = [], [], [], []
     for j in cols:
+        # each attribute's shuffle is seeded by (seed, its column): a subset gives the same SVMs
+        gen = torch.Generator().manual_seed(_block_seed(seed, j))
         order = torch.argsort(bank.attributes[:, j], descending=True, stable=True)
         pos = order[:k][torch.randperm(k, generator=gen)]
         neg = order[n - k:][torch.randperm(k, generator=gen)]
@@ -624,7 +628,7 @@ class AuxiliaryMapping(nn.Module):
     """F: Z × C → Z of seed 000 (eq. 1, Fig. 2): F(z [N, d], c [N, M]) → [N, d].
 
     (z, c) as a 1×1 map with d + M channels → ``blocks`` × [Conv2d(1×1) → Swish → GroupNorm],
-    c concatenated to every block's input → a zero-initialised 1×1 Conv2d head; F = z + head.
+    c concatenated to every block's input → a 1×1 Conv2d head; F = z + head.
     Widths and groups: see the module docstring."""
 
     def __init__(self, z_dim: int, c_dim: int, *, width: int = 512, blocks: int = 3, groups: int = 32) -> None:
@@ -638,22 +642,23 @@ class AuxiliaryMapping(nn.Module):
         self.blocks = nn.ModuleList()
         ch = z_dim
         for _ in range(blocks):
-            self.blocks.append(nn.Sequential(nn.Conv2d(ch + c_dim, width, 1), nn.SiLU(), nn.GroupNorm(g, width)))
+            self.blocks.append(nn.ModuleDict({"conv": nn.Conv2d(ch + c_dim, width, 1), "norm": nn.GroupNorm(g, width)}))
             ch = width
         self.head = nn.Conv2d(ch + c_dim, z_dim, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
 
     def forward(self, z: Tensor, c: Tensor) -> Tensor:
         if z.dim() != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"AuxiliaryMapping: z must be [N, {self.z_dim}], got {list(z.shape)}")
         if c.dim() != 2 or c.shape != (z.shape[0], self.c_dim):
             raise ValueError(f"AuxiliaryMapping: c must be [{z.shape[0]}, {self.c_dim}], got {list(c.shape)}")
-        cc = c[:, :, None, None].to(z.dtype)
-        h = z[:, :, None, None]
+        # A 1×1 convolution of a 1×1 map is a matrix product: computed as one (same weights).
+        cc = c.to(z.dtype)
+        h = z
         for block in self.blocks:
-            h = block(torch.cat([h, cc], 1))
-        return z + self.head(torch.cat([h, cc], 1)).flatten(1)
+            conv = block["conv"]
+            h = nn.functional.linear(torch.cat([h, cc], 1), conv.weight.flatten(1), conv.bias)
+            h = block["norm"](nn.functional.silu(h))
+        return z + nn.functional.linear(torch.cat([h, cc], 1), self.head.weight.flatten(1), self.head.bias)
 
     def save(self, path: str) -> None:
         _atomic_save({"kind": _MAPPING_KIND, "config": dict(self.config),
@@ -795,14 +800,15 @@ def _goals(targets, names: Sequence[str], n: int) -> tuple[list[int], Tensor]:
     return cols, torch.stack(goals, 1)
 
 
-def _reached(c: Tensor, goal: Tensor, direction: Tensor) -> Tensor:
-    """[B] bool: every targeted attribute c [B, K] at or past its goal in the direction of travel."""
-    return (direction * (c - goal) >= 0).all(1)
+def _reached(c: Tensor, goal: Tensor, direction: Tensor, tol: float) -> Tensor:
+    """[B] bool: every targeted attribute c [B, K] within ``tol`` of its goal or past it in the
+    direction of travel."""
+    return (direction * (c - goal) >= -tol).all(1)
 
 
 @torch.no_grad()
 def _edit(method: str, generator, phi, mapping, z: Tensor, targets, *, steps: int, rate: float, neumann: int,
-          beta_max: float, restart_every: Optional[int], eta: float, chunk_size: int, progress: bool,
+          beta_max: float, restart_every: Optional[int], eta: float, tol: float, chunk_size: int, progress: bool,
           return_trajectory: bool, device) -> EditResult:
     d = _z_dim(generator)
     _check_latents(z, "z", d)
@@ -811,12 +817,16 @@ def _edit(method: str, generator, phi, mapping, z: Tensor, targets, *, steps: in
             raise ValueError(f"{name} must be a {'positive' if name == 'chunk_size' else 'non-negative'} integer, got {v!r}")
     if not math.isfinite(rate) or not math.isfinite(eta) or not math.isfinite(beta_max):
         raise ValueError("lam / alpha, eta and beta_max must be finite numbers")
+    if not (0 <= tol < 1):
+        raise ValueError(f"tol must lie in [0, 1), got {tol!r}")
     restart_every = d if restart_every is None else restart_every
     if not isinstance(restart_every, int) or restart_every < 1:
         raise ValueError(f"restart_every must be a positive integer, got {restart_every!r}")
     dev = _device_of(mapping, _device_of(generator)) if device is None else torch.device(device)
     n = z.shape[0]
     names: Optional[list] = None
+    if getattr(phi, "names", None) is not None:
+        _goals(targets, _names_of(phi), n)  # bad targets fail before any work
     out_z = torch.empty(n, d)
     out_c: Optional[Tensor] = None
     before: Optional[Tensor] = None
@@ -844,7 +854,7 @@ def _edit(method: str, generator, phi, mapping, z: Tensor, targets, *, steps: in
             direction = torch.sign(goal - c[:, cols])
             before[lo:hi] = c.cpu()
             dc_once = rate * (c1 - c)  # SGF: δc = λ(c₁ − c₀), once
-            done = _reached(c[:, cols], goal, direction)
+            done = _reached(c[:, cols], goal, direction, tol)
             k = torch.zeros(hi - lo, dtype=torch.long, device=dev)
             d_prev = torch.zeros_like(zc)
             g2_prev = torch.zeros(hi - lo, device=dev)
@@ -874,7 +884,7 @@ def _edit(method: str, generator, phi, mapping, z: Tensor, targets, *, steps: in
                 ca = _attributes(generator, phi, za, c.shape[1])
                 zc[act], c[act] = za, ca
                 k[act] += 1
-                done[act] = _reached(ca[:, cols], goal[act], direction[act])
+                done[act] = _reached(ca[:, cols], goal[act], direction[act], tol)
                 if return_trajectory:
                     traj_z[i + 1, lo:hi], traj_c[i + 1, lo:hi] = zc.cpu(), c.cpu()
                 bar.update(1)
@@ -884,8 +894,8 @@ def _edit(method: str, generator, phi, mapping, z: Tensor, targets, *, steps: in
 
 
 def sgf(generator, phi, mapping, z: Tensor, targets: Mapping[str, Goal], *, steps: int = 20, lam: float = 1.0,
-        neumann: int = 1, chunk_size: int = 1024, progress: bool = True, return_trajectory: bool = False,
-        device=None) -> EditResult:
+        neumann: int = 1, tol: float = 0.01, chunk_size: int = 1024, progress: bool = True,
+        return_trajectory: bool = False, device=None) -> EditResult:
     """Surrogate gradient field editing (Li et al. 2021), closed loop, no Jacobians.
 
     c₀ = Φ(z₀); c₁ = c₀ with the targeted attributes set to their goals; δc = λ(c₁ − c₀) once.
@@ -897,13 +907,14 @@ def sgf(generator, phi, mapping, z: Tensor, targets: Mapping[str, Goal], *, step
         z: starting latents [N, d]; targets: {name: goal} with goals in [0, 1], a number or [N].
     """
     return _edit("sgf", generator, phi, mapping, z, targets, steps=steps, rate=lam, neumann=neumann, beta_max=0.0,
-                 restart_every=1, eta=1.0, chunk_size=chunk_size, progress=progress,
+                 restart_every=1, eta=1.0, tol=tol, chunk_size=chunk_size, progress=progress,
                  return_trajectory=return_trajectory, device=device)
 
 
 def conjugate_gradient(generator, phi, mapping, z: Tensor, targets: Mapping[str, Goal], *, steps: int = 20,
                        alpha: float = 1.0, beta_max: float = 1.0, restart_every: Optional[int] = None,
-                       eta: float = 1.0, neumann: int = 1, chunk_size: int = 1024, progress: bool = True,
+                       eta: float = 1.0, neumann: int = 1, tol: float = 0.01, chunk_size: int = 1024,
+                       progress: bool = True,
                        return_trajectory: bool = False, device=None) -> EditResult:
     """Seed 000 Algorithm 1: conjugate-gradient editing along the surrogate field.
 
@@ -917,7 +928,8 @@ def conjugate_gradient(generator, phi, mapping, z: Tensor, targets: Mapping[str,
       c_{i+1} = Φ(G(z_{i+1})); stop when the goals are reached               (lines 11–13)
     """
     return _edit("cg", generator, phi, mapping, z, targets, steps=steps, rate=alpha, neumann=neumann,
-                 beta_max=beta_max, restart_every=restart_every, eta=eta, chunk_size=chunk_size, progress=progress,
+                 beta_max=beta_max, restart_every=restart_every, eta=eta, tol=tol, chunk_size=chunk_size,
+                 progress=progress,
                  return_trajectory=return_trajectory, device=device)
 
 
@@ -957,7 +969,7 @@ def mds_area(accuracy: Tensor, disentanglement: Tensor, close: str = "zero") -> 
 
 def mds(attributes_before: Tensor, attributes_curve: Tensor, target: Union[int, str], goal: Goal, *,
         names: Optional[Sequence[str]] = None, threshold: float = 0.5, strict_threshold: Optional[float] = 0.25,
-        close: str = "zero") -> MDSResult:
+        tol: float = 0.01, close: str = "zero") -> MDSResult:
     """The manipulation-disentanglement score (seed 000 §4.2.1, eq. 4).
 
     Args:
@@ -965,7 +977,8 @@ def mds(attributes_before: Tensor, attributes_curve: Tensor, target: Union[int, 
             s₀ < … < s_{S−1} [S, N, M] (e.g. an :class:`EditResult`'s trajectory).
         target: the edited attribute (index, or name with ``names``); goal: in [0, 1], a
             number or [N].
-    At strength s: accuracy_s = (1/N) Σ_i reached_i (sign(goal − before)·(c − goal) ≥ 0);
+    At strength s: accuracy_s = (1/N) Σ_i reached_i (sign(goal − before)·(c − goal) ≥ −tol, the
+    rule :func:`sgf` and :func:`conjugate_gradient` stop by);
     disentanglement_s = (1/N) Σ_i (1 − n_i/(M − 1)) (eq. 4; 1 when M = 1), n_i the other
     attributes with |c − before| > threshold; MDS = :func:`mds_area`.
     """
@@ -994,7 +1007,9 @@ def mds(attributes_before: Tensor, attributes_curve: Tensor, target: Union[int, 
             raise ValueError(f"{name} must be a finite number >= 0, got {th!r}")
     before, curve = attributes_before.double().cpu(), attributes_curve.double().cpu()
     direction = torch.sign(g - before[:, t])
-    reached = direction * (curve[:, :, t] - g) >= 0  # [S, N]
+    if not (0 <= tol < 1):
+        raise ValueError(f"tol must lie in [0, 1), got {tol!r}")
+    reached = direction * (curve[:, :, t] - g) >= -tol  # [S, N]
     accuracy = reached.double().mean(1)
     delta = (curve - before).abs()
     delta[:, :, t] = 0
