@@ -84,13 +84,15 @@ from tqdm.auto import tqdm
 __all__ = [
     "SampleBank", "sample_bank", "Boundaries", "interfacegan_boundaries", "conditional_boundary",
     "linear_edit", "Directions", "ganspace_directions", "choose_components", "AuxiliaryMapping",
-    "train_mapping", "EditResult", "sgf", "conjugate_gradient", "MDSResult", "mds",
+    "train_mapping", "EditResult", "sgf", "conjugate_gradient", "MDSResult", "mds", "bank_latents",
+    "fit_linear_svms", "surrogate_field", "mds_area",
 ]
 
 Goal = Union[float, Tensor]
 _NOISE_BLOCK = 4096
 _BANK_KIND = "latentx.edit.SampleBank"
 _MAPPING_KIND = "latentx.edit.AuxiliaryMapping"
+_BOUNDARIES_KIND = "latentx.edit.Boundaries"
 
 
 # --- argument checks and small helpers --------------------------------------------------------
@@ -326,6 +328,18 @@ class Boundaries:
 
     def __getitem__(self, name: str) -> Tensor:
         return self.normals[self.index(name)]
+
+    def save(self, path) -> None:
+        _atomic_save({"kind": _BOUNDARIES_KIND, "normals": self.normals.float().cpu(), "names": list(self.names),
+                      "accuracy": self.accuracy.float().cpu(),
+                      "offsets": None if self.offsets is None else self.offsets.float().cpu()}, path)
+
+    @classmethod
+    def load(cls, path) -> "Boundaries":
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("kind") != _BOUNDARIES_KIND:
+            raise ValueError(f"Boundaries.load: {path} is not saved InterFaceGAN boundaries")
+        return cls(state["normals"], list(state["names"]), state["accuracy"], state["offsets"])
 
 
 def fit_linear_svms(x: Tensor, y: Tensor, *, C: float = 1.0, loss: str = "hinge", max_iter: int = 50,
@@ -812,6 +826,8 @@ def _edit(method: str, generator, phi, mapping, z: Tensor, targets, *, steps: in
           return_trajectory: bool, device) -> EditResult:
     d = _z_dim(generator)
     _check_latents(z, "z", d)
+    if z.shape[0] == 0:
+        raise ValueError("z must hold at least one latent, got [0, d]")
     for name, v in (("steps", steps), ("neumann", neumann), ("chunk_size", chunk_size)):
         if not isinstance(v, int) or isinstance(v, bool) or v < (1 if name == "chunk_size" else 0):
             raise ValueError(f"{name} must be a {'positive' if name == 'chunk_size' else 'non-negative'} integer, got {v!r}")

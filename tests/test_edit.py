@@ -106,7 +106,7 @@ def test_sample_bank_resumes_after_interruption(setting, tmp_path):
 
 # --- InterFaceGAN ---------------------------------------------------------------------------------
 
-def test_interfacegan_boundaries_match_the_known_normals(setting):
+def test_interfacegan_boundaries_match_the_known_normals(setting, tmp_path):
     G, phi, A, _ = setting
     bank = edit.sample_bank(G, phi, 4000, seed=1, chunk_size=1000, progress=False)
     bounds = edit.interfacegan_boundaries(bank, ratio=0.05, seed=2)
@@ -115,6 +115,9 @@ def test_interfacegan_boundaries_match_the_known_normals(setting):
     for j in range(3):
         assert _cos(bounds.normals[j], A[j]) >= 0.95, (j, _cos(bounds.normals[j], A[j]))
     assert bool((bounds.accuracy >= 0.95).all()), bounds.accuracy
+    bounds.save(tmp_path / "b.pt")
+    again = edit.Boundaries.load(tmp_path / "b.pt")
+    assert torch.equal(again.normals, bounds.normals) and again.names == NAMES
     only = edit.interfacegan_boundaries(bank, ["age"], ratio=0.05, seed=2)
     assert only.names == ["age"] and torch.allclose(only.normals[0], bounds["age"], atol=1e-4)
 
