@@ -25,8 +25,9 @@ Choices the papers leave open, made here (EDITING.md lists the gaps):
   (KYM384/SGF, hyungkwonko/sgf-pytorch), which condition every block on c (AdaIN): here c is
   concatenated to every block's input, and F = z + head(h) (a residual: F only has to learn
   the correction). The head is initialised like every layer (not to zero: with a zero head and
-  the plain loss F would stay exactly the identity). The figure's third input "N" is read as noise: the denoiser remedy
-  below feeds F a noisy z during training.
+  the plain loss F would stay exactly the identity). The figure's third input "N" is read as
+  noise: the denoiser remedy below feeds F a noisy z during training. The convolutions run as
+  matrix products (the same weights; a 1×1 convolution of a 1×1 map is one).
 * **F ignoring c.** F(z, c) = z solves the papers' loss ‖F(z, Φ(z)) − z‖² exactly, and then the
   field is zero. :func:`train_mapping` trains, by default, the denoiser
   F(z + σε, Φ(z)) → z (σ = ``noise`` = 0.5): to undo the noise F must use c.
@@ -34,8 +35,9 @@ Choices the papers leave open, made here (EDITING.md lists the gaps):
 * **The field.** δz = F(z, c + δc) − F(z, c) (= J_c δc to first order) and m Neumann
   corrections δz ← u + F(z + δz, c) − F(z, c) with u the first term, i.e. the series
   (I − J_z)⁻¹ J_c δc = Σ_k J_zᵏ u by finite differences of F: no Jacobian is ever formed
-  (the public SGF code builds one per latent). m = 1 matches EDITING.md's update. c + δc is
-  not clipped to [0, 1].
+  (the public SGF code builds one per latent). m = 1 matches EDITING.md's update (for m ≥ 2
+  EDITING.md's δz ← δz + … would not be the Neumann series; this is). c + δc is not clipped
+  to [0, 1]. Cost per step: one G, one Φ and 2 + m calls of F, only for unconverged samples.
 * **SGF** (EDITING.md): δc = λ(c₁ − Φ(z₀)) once; z ← z + δz; c ← Φ(z) (closed loop).
 * **CG, Algorithm 1.** Line 7's gradient is the surrogate field g_i at z_i with
   δc_i = α(c₁ − Φ(z_i)) (so δc is used, recomputed every step: closed loop);
