@@ -8,7 +8,7 @@ import sys
 from typing import Optional, Sequence
 
 import latentx
-from latentx import _threads, project_cli, refine_cli
+from latentx import _threads, edit_cli, project_cli, refine_cli
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -67,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     refine_cli.add_arguments(refine)
     refine.set_defaults(func=refine_cli.run)
+
+    edit = sub.add_parser(
+        "edit",
+        help="move latents toward target attributes (CG, SGF, InterFaceGAN, GANSpace; seed 000)",
+        description=edit_cli.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    edit_cli.add_arguments(edit)
+    edit.set_defaults(func=edit_cli.run)
 
     info = sub.add_parser("info", help="print which implementation runs and the build's facts")
     info.add_argument("--device", default="cpu", help="device to report on (default: cpu)")

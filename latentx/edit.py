@@ -86,7 +86,7 @@ from tqdm.auto import tqdm
 __all__ = [
     "SampleBank", "sample_bank", "Boundaries", "interfacegan_boundaries", "conditional_boundary",
     "linear_edit", "Directions", "ganspace_directions", "choose_components", "AuxiliaryMapping",
-    "train_mapping", "EditResult", "sgf", "conjugate_gradient", "MDSResult", "mds", "bank_latents",
+    "train_mapping", "EditResult", "sgf", "conjugate_gradient", "linear_path", "MDSResult", "mds", "bank_latents",
     "fit_linear_svms", "surrogate_field", "mds_area",
 ]
 
@@ -950,6 +950,60 @@ def conjugate_gradient(generator, phi, mapping, z: Tensor, targets: Mapping[str,
                  progress=progress,
                  return_trajectory=return_trajectory, device=device)
 
+
+
+@torch.no_grad()
+def linear_path(generator, phi, z: Tensor, direction: Tensor, targets: Mapping[str, Goal], *, strength: float = 3.0,
+                steps: int = 20, tol: float = 0.01, chunk_size: int = 1024, progress: bool = True,
+                return_trajectory: bool = False, device=None) -> EditResult:
+    """InterFaceGAN / GANSpace edits with the stopping rule of :func:`sgf` and
+    :func:`conjugate_gradient`, so the four methods are measured alike.
+
+    Each sample moves toward its goal along ±``direction`` [d] (unit; the sign per sample is
+    sign(goal − c₀) of the one targeted attribute) by s_k = k·strength/steps, k = 0..steps
+    (:func:`linear_edit`, relative; σ units when z ~ N(0, I) and the direction is unit), and stops
+    at the first s_k whose Φ reaches the goal (module docstring: "Convergence"); ``steps`` [N]
+    is that k. Returns an :class:`EditResult` (trajectories hold z(s_0..s_steps))."""
+    d = _z_dim(generator)
+    _check_latents(z, "z", d)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not (math.isfinite(strength) and strength > 0):
+        raise ValueError(f"strength must be a positive number, got {strength!r}")
+    if not (0 <= tol < 1):
+        raise ValueError(f"tol must lie in [0, 1), got {tol!r}")
+    dev = _device_of(generator) if device is None else torch.device(device)
+    direction = torch.as_tensor(direction, dtype=torch.float32).to(dev)
+    if direction.shape != (d,) or not bool(torch.isfinite(direction).all()) or not (direction.norm() > 0):
+        raise ValueError(f"direction must be a finite, non-zero tensor [{d}], got {list(direction.shape)}")
+    n = z.shape[0]
+    s = torch.linspace(0.0, strength, steps + 1, device=dev)
+    parts = []
+    with _eval_mode(generator, phi), _progress(n, progress, "linear") as bar:
+        for lo in range(0, n, chunk_size):
+            z0 = z[lo:lo + chunk_size].to(dev, torch.float32)
+            c0 = _attributes(generator, phi, z0)
+            cols, goal = _goals(targets, _names_of(phi, c0.shape[1]), n)
+            if len(cols) != 1:
+                raise ValueError(f"targets: a linear edit moves one attribute, got {len(cols)}")
+            col, goal = cols[0], goal[lo:lo + chunk_size, 0].to(dev)
+            sign = torch.where(goal >= c0[:, col], 1.0, -1.0)
+            path_z = linear_edit(z0, direction, s, relative=True)                  # [S+1, B, d] along +n
+            path_z = z0[None] + (path_z - z0[None]) * sign[None, :, None]
+            path_c = torch.stack([c0] + [_attributes(generator, phi, zk, c0.shape[1]) for zk in path_z[1:]])
+            reached = sign[None] * (path_c[:, :, col] - goal[None]) >= -tol      # [S+1, B]
+            first = torch.where(reached.any(0), reached.float().argmax(0), torch.full_like(goal, steps).long())
+            held = (torch.arange(steps + 1, device=dev)[:, None] > first[None])[..., None]
+            idx = torch.arange(z0.shape[0], device=dev)
+            path_z = torch.where(held, path_z[first, idx][None], path_z)
+            path_c = torch.where(held, path_c[first, idx][None], path_c)
+            parts.append((path_z.cpu(), path_c.cpu(), first.cpu(), reached.any(0).cpu()))
+            bar.update(z0.shape[0])
+    traj_z = torch.cat([p[0] for p in parts], 1)
+    traj_c = torch.cat([p[1] for p in parts], 1)
+    return EditResult(traj_z[-1], traj_c[-1], torch.cat([p[2] for p in parts]), torch.cat([p[3] for p in parts]),
+                      traj_z if return_trajectory else None, traj_c if return_trajectory else None,
+                      traj_c[0], _names_of(phi, traj_c.shape[2]))
 
 # --- MDS -----------------------------------------------------------------------------------------
 
