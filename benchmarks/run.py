@@ -33,11 +33,21 @@ BENCHMARKS = {
 }
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--repeats must be an integer >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latentx bench", description=__doc__)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--quick", action="store_true", help="small sizes, a few seconds in all")
-    p.add_argument("--repeats", type=int, default=10, help="timed calls per variant (median)")
+    p.add_argument("--repeats", type=_at_least_one, default=10, help="timed calls per variant (median)")
     p.add_argument("--only", choices=sorted(BENCHMARKS), action="append",
                    help="run only this benchmark (repeatable; default: all)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON here")

@@ -81,7 +81,7 @@ def poisson_blend(source: Tensor, target: Tensor, region: Tensor, *, tol: float 
     if region.dtype != torch.bool and not bool(torch.isfinite(region).all()):
         raise ValueError("poisson_blend: region holds NaN or infinite values")
     n, c, h, w = source.shape
-    if region.dim() == 2:
+    if region.dim() == 2 and tuple(region.shape) == (h, w):
         region = region[None, None].expand(n, 1, h, w)
     if region.dim() != 4 or region.shape[1] != 1 or region.shape[0] not in (1, n) or tuple(region.shape[2:]) != (h, w):
         raise ValueError(f"poisson_blend: region must be [N, 1, {h}, {w}] or [{h}, {w}], got {list(region.shape)}")

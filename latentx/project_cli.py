@@ -402,6 +402,31 @@ def parse_box(text: str) -> list[float]:
     return vals
 
 
+# Flags checked before any work, so a typo is a one-line error naming the flag rather than a
+# failure (or a traceback) from deep inside the projection. (flag, minimum; None: optional)
+_INT_FLAGS = (("seeds", 1), ("meta_steps", 1), ("grad_steps", 0), ("last_grad_steps", 0),
+              ("transform_meta_steps", 1), ("transform_grad_steps", 0), ("adam_steps", 0),
+              ("finetune_steps", 0), ("work_size", 8))
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    """Raise ValueError naming the flag for a setting out of range (shared by demo and project)."""
+    for name, minimum in _INT_FLAGS:
+        v = getattr(args, name, None)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < minimum):
+            raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {v!r}")
+    if not (math.isfinite(args.context) and args.context >= 1):
+        raise ValueError(f"--context must be a finite number >= 1 (the crop holds the box), got {args.context}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.beta is not None and not (math.isfinite(args.beta) and args.beta >= 0):
+        raise ValueError(f"--beta must be a finite number >= 0, got {args.beta}")
+    try:
+        torch.device(args.device)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"--device {args.device!r} is not a device ({e})") from None
+
+
 def _budget(args) -> dict:
     budget = dict(PAPER_BUDGET if args.paper_budget else DEMO_BUDGET)
     for name in ("seeds", "meta_steps", "grad_steps", "last_grad_steps", "transform_meta_steps",
@@ -503,8 +528,7 @@ def _run_project(args: argparse.Namespace) -> int:
     if boxes is not None and len(boxes) != len(images):
         raise ValueError(f"got {len(boxes)} --box for {len(images)} IMAGE arguments: give --box once per "
                          "IMAGE, in the same order, or not at all (the whole images)")
-    if isinstance(args.finetune_steps, bool) or args.finetune_steps < 0:
-        raise ValueError(f"--finetune-steps must be an integer >= 0, got {args.finetune_steps!r}")
+    check_settings(args)
     out = Path(args.out or "latentx-project")
     folders = output_folders(images, out)
     # Check every image and box before the first projection: a typo in the last box should not
@@ -554,16 +578,11 @@ def run_demo(args: argparse.Namespace) -> int:
     except ImportError:
         print("latentx demo needs scikit-image for its photo (pip install scikit-image)", file=sys.stderr)
         return 2
-    from latentx import models
-
     try:
+        check_settings(args)
         generator = _generator(args)
-    except ModuleNotFoundError as e:
-        print(f"latentx demo: {e}", file=sys.stderr)
-        return 2
-    if args.finetune_steps < 0:
-        print(f"latentx demo: error: --finetune-steps must be an integer >= 0, got {args.finetune_steps}",
-              file=sys.stderr)
+    except (ValueError, ModuleNotFoundError) as e:
+        print(f"latentx demo: error: {e}", file=sys.stderr)
         return 2
     photo = array_to_tensor(data.astronaut(), "skimage.data.astronaut()")
     out = Path(args.out or "latentx-demo")

@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import importlib
 import json
+import math
 import os
 import sys
 import time
@@ -180,11 +181,34 @@ def _check_config(path: Path, config: dict) -> None:
 # --- the command -------------------------------------------------------------------------
 
 
+def check_settings(args: argparse.Namespace) -> None:
+    """Exit with a message naming the flag for a setting out of range, before anything is
+    written (a config.json with a typo in it would refuse the corrected rerun)."""
+    def fail(message: str):
+        raise SystemExit(f"latentx refine: {message}")
+
+    for name, minimum in (("steps", 0), ("shard_size", 1), ("batch_size", 1)):
+        if getattr(args, name) < minimum:
+            fail(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {getattr(args, name)}")
+    if not (math.isfinite(args.step_size) and args.step_size >= 0):
+        fail(f"--step-size must be a finite number >= 0, got {args.step_size}")
+    if args.radius is not None and not (math.isfinite(args.radius) and args.radius >= 0):
+        fail(f"--radius must be a finite number >= 0, got {args.radius}")
+    for name in ("lower", "upper"):
+        if getattr(args, name) is not None and math.isnan(getattr(args, name)):
+            fail(f"--{name} must be a number, got nan")
+    if args.lower is not None and args.upper is not None and not args.lower <= args.upper:
+        fail(f"--lower must be <= --upper, got {args.lower} > {args.upper}")
+    if args.device is not None:
+        try:
+            torch.device(args.device)
+        except (RuntimeError, ValueError) as e:
+            fail(f"--device {args.device!r} is not a device ({e})")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) ``latentx refine``; returns the exit status."""
-    for name in ("steps", "shard_size", "batch_size"):
-        if getattr(args, name) < (0 if name == "steps" else 1):
-            raise SystemExit(f"latentx refine: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    check_settings(args)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -202,7 +226,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, distributed: bool) -> int:
-    source = Latents(args)
+    try:
+        source = Latents(args)
+        # Before config.json is written: a bad --generator must not pin a run to its settings.
+        G = load_model(args.generator, args.generator_ckpt, "--generator", device)
+        D = load_model(args.discriminator, args.discriminator_ckpt, "--discriminator", device)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise SystemExit(f"latentx refine: {e}") from e
     bounds = None
     if args.lower is not None or args.upper is not None:
         bounds = (-float("inf") if args.lower is None else args.lower, float("inf") if args.upper is None else args.upper)
@@ -226,8 +256,6 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
     if rank != 0:
         _check_config(config_path, config)
 
-    G = load_model(args.generator, args.generator_ckpt, "--generator", device)
-    D = load_model(args.discriminator, args.discriminator_ckpt, "--discriminator", device)
     n_shards = -(-source.num // args.shard_size)
     mine = [k for k in range(rank, n_shards, world) if not _shard_path(out, k).exists()]
     skipped = len(range(rank, n_shards, world)) - len(mine)
