@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Optional, Sequence
 
+import torch
+
 import latentx
 from latentx import _threads, edit_cli, project_cli, refine_cli
 
@@ -18,7 +20,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    print(json.dumps(latentx.backend(args.device), indent=2))
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError) as e:
+        print(f"latentx info: error: --device {args.device!r} is not a device ({e})", file=sys.stderr)
+        return 2
+    print(json.dumps(latentx.backend(device), indent=2))
     return 0
 
 

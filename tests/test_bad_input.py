@@ -271,6 +271,7 @@ CLI_CASES = [
     C(["bench", "--repeats", "0"], "--repeats", id="bench-repeats"),
     C(["bench", "--only", "foo"], "--only", id="bench-only"),
     C(["bench", "--threads", "0"], "--threads", id="bench-threads"),
+    C(["info", "--device", "tpu"], "--device", id="info-device"),
 ]
 
 
@@ -288,7 +289,7 @@ def test_cli_bad_flag_is_named(argv, flag, photo, tmp_path):
     """Exit status 2 (argparse's, or the command's own) with a one-line message naming the
     flag, before any work: nothing is written to --out, no traceback."""
     out = tmp_path / "out"
-    argv = [a.format(photo=photo, tmp=tmp_path) for a in argv] + ([] if argv[0] == "bench" else ["--out", str(out)])
+    argv = [a.format(photo=photo, tmp=tmp_path) for a in argv] + ([] if argv[0] in ("bench", "info") else ["--out", str(out)])
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
@@ -310,5 +311,5 @@ def test_sweep_covers_every_public_entry():
                 "BrightnessTransform", "Generator", "project", "refine", "hard_pair", "train_step",
                 "poisson_blend", "fid", "density_coverage", "frechet_distance", "extract_features",
                 "discriminator_loss", "generator_loss", "gradient_penalty", "mode_seeking_ratio",
-                "cli-project", "cli-demo", "cli-refine", "cli-bench"}
+                "cli-project", "cli-demo", "cli-refine", "cli-bench", "cli-info"}
     assert promised <= ids, sorted(promised - ids)
