@@ -20,10 +20,13 @@ NATIVE_SKIP_REASON = "compiled library not built"
 
 
 def pytest_report_header(config):
-    info = _native.backend()
+    try:
+        info = _native.backend()
+        backend = f"{info['impl']} ({info['reason']})"
+    except ValueError as e:  # a bad LATENTX_IMPL: the tests that read it say so
+        backend = str(e)
     return [f"latentx test seed: {SEED} (LATENTX_TEST_SEED={SEED} to replay)",
-            f"latentx backend: {info['impl']} ({info['reason']})"
-            + ("; LATENTX_REQUIRE_NATIVE=1" if REQUIRE_NATIVE else "")]
+            f"latentx backend: {backend}" + ("; LATENTX_REQUIRE_NATIVE=1" if REQUIRE_NATIVE else "")]
 
 
 def pytest_configure(config):
