@@ -6,7 +6,7 @@ torchvision's ``features.N``), so that ``latentx.LPIPS(...).load_state_dict(lpip
 state_dict())`` works and torchvision's ImageNet checkpoints load through that index map.
 The per-layer head runs in the fused :func:`latentx.ops.lpips_head` op (SPEC A3): with a mask
 (seed 003, Appendix B, eq. 7) each layer's spatial mean becomes Σ m·d / Σ m with the mask
-bilinearly resized to the layer.
+resized to the layer by area averaging (``resize_mask``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,20 @@ from torch import Tensor, nn
 
 from latentx.ops.lpips_head import lpips_head
 
-__all__ = ["LPIPS", "TargetFeatures", "backbone_checkpoint_paths"]
+__all__ = ["LPIPS", "TargetFeatures", "backbone_checkpoint_paths", "resize_mask"]
+
+
+def resize_mask(mask: Tensor, size: Sequence[int]) -> Tensor:
+    """A mask [N, 1, H, W] resized to a layer's (H_l, W_l) by area averaging
+    (``F.adaptive_avg_pool2d``): each layer cell is the mean of the input pixels it covers.
+
+    Seed 003 (and SPEC A3) say "bilinearly resized"; plain bilinear interpolation reads only
+    the 4 pixels nearest each cell centre, so a small box vanishes at a deep layer (a 12×12 box
+    on a 64×64 AlexNet input gives an all-zero 3×3 mask: 0/0 = NaN). The cells of the area
+    average cover every input pixel, so a mask with a positive pixel keeps a positive cell at
+    every layer; an all-ones mask stays all ones (the plain ``lpips`` value), and values stay
+    in [0, 1]."""
+    return F.adaptive_avg_pool2d(mask, tuple(int(v) for v in size))
 
 
 class Fire(nn.Module):
@@ -290,7 +303,9 @@ class LPIPS(nn.Module):
         """LPIPS between candidates ``in0`` [N, 3, H, W] and encoded target(s).
 
         ``mask`` [N or 1, 1, H, W] (or [H, W]) in [0, 1] weights each layer's spatial mean
-        (seed 003 eq. 7), resized bilinearly to the layer. Returns [N, 1, 1, 1] (or the
+        (seed 003 eq. 7), resized to the layer by area averaging (:func:`resize_mask`; a mask
+        with any positive pixel stays non-empty at every layer). A mask with NaN, values
+        outside [0, 1] or no positive value for some sample is refused (ValueError). Returns [N, 1, 1, 1] (or the
         [N, 1, H, W] maps when ``spatial``), and the per-layer terms with ``retPerLayer``.
         """
         in0 = self._check_images("in0", in0, normalize)
@@ -312,8 +327,7 @@ class LPIPS(nn.Module):
         per_layer = []
         for k, (f0, f1) in enumerate(zip(feats0, target.layers)):
             weight = self.lins[k].weight if self.lpips else torch.ones(f0.shape[1], dtype=f0.dtype, device=f0.device)
-            layer_mask = None if mask is None else F.interpolate(
-                mask, size=f0.shape[2:], mode="bilinear", align_corners=False)
+            layer_mask = None if mask is None else resize_mask(mask, f0.shape[2:])
             # Trainable linear weights need autograd through the head: the reference has it.
             impl = "reference" if weight.requires_grad else "auto"
             if self.spatial:
@@ -364,10 +378,16 @@ class LPIPS(nn.Module):
         if mask.dim() != 4 or mask.shape[0] not in (1, n) or mask.shape[1] != 1 or tuple(mask.shape[2:]) != tuple(size):
             raise ValueError(f"LPIPS: mask must be [{n} or 1, 1, {size[0]}, {size[1]}] or "
                              f"[{size[0]}, {size[1]}], got {list(mask.shape)}")
+        if not isinstance(mask, Tensor) or not mask.is_floating_point():
+            raise TypeError(f"LPIPS: mask must be a floating tensor, got "
+                            f"{mask.dtype if isinstance(mask, Tensor) else type(mask).__name__}")
         mask = mask.to(dtype=like.dtype, device=like.device)
-        lo, hi = torch.aminmax(mask.detach())
-        if lo < 0 or hi > 1:
-            raise ValueError(f"LPIPS: mask values must lie in [0, 1], got [{lo.item():.3g}, {hi.item():.3g}]")
-        if (mask.detach().flatten(1).sum(1) <= 0).any():
-            raise ValueError("LPIPS: mask must not be all zeros for any sample (nothing to compare)")
+        m = mask.detach()
+        # Written as not (in range) so that NaN fails too.
+        if m.numel() and not bool(((m >= 0) & (m <= 1)).all()):
+            bad = m[~((m >= 0) & (m <= 1))].reshape(-1)[:3].tolist()
+            raise ValueError(f"LPIPS: mask values must lie in [0, 1] (no NaN), got e.g. {bad}")
+        if not bool((m.flatten(1).sum(1) > 0).all()):
+            raise ValueError("LPIPS: mask must have a positive value for every sample (an all-zero "
+                             "mask leaves nothing to compare)")
         return mask

@@ -161,3 +161,40 @@ def test_bad_input_names_the_argument(impl):
     for name, error, kwargs in bad_covariance_calls():
         with pytest.raises(error, match=name):
             ops.cma_covariance_update(**kwargs, c1=0.1, cmu=0.2, impl=impl)
+
+
+# --- issue 19: half dtypes and bad values are refused up front, by every implementation -----
+
+
+@pytest.mark.parametrize("impl", ["reference", pytest.param("native", marks=needs_native)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_dtypes_are_refused_naming_the_argument(impl, dtype):
+    """float16 / bfloat16 passed the argument check and then failed inside the kernels with an
+    error naming no argument (the reference computed them): all now refuse them up front."""
+    kwargs = {k: None if v is None else v.to(dtype) for k, v in sample_inputs(2, 4, 3, torch.float32, "cpu").items()}
+    with pytest.raises(TypeError, match="noise must be float32 or float64"):
+        ops.cma_sample(**kwargs, impl=impl)
+    c = {k: v.to(dtype) for k, v in covariance_inputs(2, 4, 3, torch.float32, "cpu").items()}
+    with pytest.raises(TypeError, match="cov must be float32 or float64"):
+        ops.cma_covariance_update(**c, c1=0.1, cmu=0.2, impl=impl)
+    c32 = covariance_inputs(2, 4, 3, torch.float32, "cpu")
+    with pytest.raises((TypeError, ValueError), match="weights"):
+        ops.cma_covariance_update(**{**c32, "weights": c32["weights"].half()}, c1=0.1, cmu=0.2, impl=impl)
+
+
+@pytest.mark.parametrize("impl", ["reference", pytest.param("native", marks=needs_native)])
+@pytest.mark.parametrize("case", ["sigma_zero", "sigma_negative", "sigma_nan", "sigma_inf", "D_negative", "D_nan"])
+def test_sample_refuses_bad_sigma_and_D(impl, case):
+    kwargs = sample_inputs(3, 4, 2, torch.float64, "cpu")
+    name, index, value = {"sigma_zero": ("sigma", 1, 0.0), "sigma_negative": ("sigma", 0, -0.5),
+                          "sigma_nan": ("sigma", 2, float("nan")), "sigma_inf": ("sigma", 0, float("inf")),
+                          "D_negative": ("sqrt_eigvals", (1, 1), -1e-3),
+                          "D_nan": ("sqrt_eigvals", (0, 0), float("nan"))}[case]
+    kwargs[name] = kwargs[name].clone()
+    kwargs[name][index] = value
+    with pytest.raises(ValueError, match=name):
+        ops.cma_sample(**kwargs, impl=impl)
+    kwargs = sample_inputs(3, 4, 2, torch.float64, "cpu")
+    kwargs["sqrt_eigvals"] = kwargs["sqrt_eigvals"].clone()
+    kwargs["sqrt_eigvals"][0, 0] = 0.0  # a zero eigenvalue is allowed
+    ops.cma_sample(**kwargs, impl=impl)

@@ -470,3 +470,125 @@ def test_torch_compile_fullgraph(device):
     torch.testing.assert_close(value, loss(x, theta))
     for gc, ge in zip(torch.autograd.grad(value, (x, theta)), torch.autograd.grad(loss(x, theta), (x, theta))):
         torch.testing.assert_close(gc, ge)
+
+
+# --- issue 19 -------------------------------------------------------------------------------
+
+
+def identity_grid(n, h, w, dtype=torch.float64):
+    return F.affine_grid(torch.eye(2, 3, dtype=dtype)[None].repeat(n, 1, 1), [n, 1, h, w], align_corners=False)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+@pytest.mark.parametrize("align", [False, True])
+def test_non_finite_pixels_propagate_as_in_grid_sample(impl, value, align):
+    """An identity warp with one NaN pixel gave 1 NaN output natively, 4 in the reference and in
+    F.grid_sample; an inf pixel gave inf natively, NaN elsewhere. Every tap of the window now
+    multiplies its pixel, weight 0 or not: the three agree with F.grid_sample (bilinear, zeros
+    padding), at every position of the pixel (edges, corners) and for shifted warps. (At an
+    exact identity a coordinate is an integer up to rounding, and grid_sample's own rounding of
+    it decides whether the tap above is read: there the reference is the oracle.)"""
+    for r, c in ((3, 4), (0, 0), (6, 8), (0, 5)):
+        x = torch.randn(2, 2, 7, 9, dtype=torch.float64)
+        x[1, 0, r, c] = value
+        for shift in (0.0, 0.3, -0.45):
+            grid = F.affine_grid(torch.tensor([[[1, 0, shift / 9], [0, 1, -shift / 7]]], dtype=torch.float64)
+                                 .repeat(2, 1, 1), [2, 1, 7, 9], align_corners=align)
+            got = ops.filtered_grid_sample(x, grid, align_corners=align, impl=impl)
+            if shift == 0.0:
+                expected = ops.filtered_grid_sample(x, grid, align_corners=align, impl="reference")
+            else:
+                expected = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=align)
+            assert torch.equal(got.isnan(), expected.isnan()), (r, c, shift)
+            assert torch.equal(got.isinf(), expected.isinf()), (r, c, shift)
+            finite = expected.isfinite()
+            torch.testing.assert_close(got[finite], expected[finite], rtol=1e-12, atol=1e-12)
+            assert torch.isfinite(got[0]).all()  # the other sample is untouched
+
+
+@needs_native
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("filt", FILTERS)
+def test_non_finite_pixels_native_equals_reference_when_shrinking(padding, filt):
+    """The same rule where the filter is stretched (every tap of the window, weight 0 or not):
+    NaN / inf reach the same outputs natively as in the reference, and nothing else changes."""
+    x = torch.randn(2, 3, 24, 20, dtype=torch.float64)
+    grid = warp_grid(2, 7, 6, scale=2.5)
+    # pixels read by some output (the bilinear taps of three locations), and an edge pixel
+    for (s, ch, value), (r, c) in zip(((0, 1, float("nan")), (0, 2, float("inf")), (1, 0, float("-inf"))),
+                                      ((3, 2), (5, 4), (1, 1))):
+        ix, iy = (float(reference.grid_unnormalize(grid[s, r, c, k], size, False)) for k, size in ((0, 20), (1, 24)))
+        x[s, ch, min(max(int(math.floor(iy)), 0), 23), min(max(int(math.floor(ix)), 0), 19)] = value
+    x[0, 2, 23, 0] = float("inf")
+    kw = dict(padding_mode=padding, filter=filt)
+    expected = ops.filtered_grid_sample(x, grid, **kw, impl="reference")
+    got = ops.filtered_grid_sample(x, grid, **kw, impl="native")
+    assert torch.equal(got.isnan(), expected.isnan()) and torch.equal(got.isinf(), expected.isinf())
+    assert (~expected.isfinite()).any()
+    finite = expected.isfinite()
+    torch.testing.assert_close(got[finite], expected[finite], rtol=1e-10, atol=1e-12)
+    # the outputs whose windows hold only finite pixels do not depend on the others' values
+    clean = ops.filtered_grid_sample(x.nan_to_num(0.0, 0.0, 0.0), grid, **kw, impl="native")
+    torch.testing.assert_close(clean[finite], got[finite], rtol=1e-10, atol=1e-12)
+
+
+@needs_native
+def test_double_backward_raises_instead_of_a_graph_less_gradient():
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+    grid = warp_grid(1, 4, 4, scale=2.0).requires_grad_()
+    for wrt in (x, grid):
+        (g,) = torch.autograd.grad(ops.filtered_grid_sample(x, grid, impl="native").square().sum(), wrt,
+                                   create_graph=True)
+        assert g.requires_grad
+        with pytest.raises(RuntimeError, match="no double backward"):
+            torch.autograd.grad(g.square().sum(), (x, grid))
+    (g,) = torch.autograd.grad(ops.filtered_grid_sample(x, grid, impl="reference").square().sum(), x,
+                               create_graph=True)
+    assert torch.autograd.grad(g.square().sum(), x)[0].abs().sum() > 0  # the reference has it
+
+
+@pytest.mark.parametrize("size", [(4.0, 4), (4, 2.5), (-1, 4), (4, -3)], ids=str)
+def test_warp_affine_size_must_be_non_negative_integers(size):
+    """Float sizes were truncated and a negative one failed without naming ``size``."""
+    x = torch.randn(1, 1, 8, 8)
+    with pytest.raises((TypeError, ValueError), match="size"):
+        ops.warp_affine(x, torch.eye(2, 3)[None], size)
+
+
+def test_gaussian_is_continuous_at_its_truncation():
+    """The flaky test (test_kernels_estimate_the_stretch_as_the_reference, float32, CPU: 3 of
+    ~70 runs): the estimated and the given footprints differ in the last bit, and at a pixel
+    where a tap lay within an ulp of the Gaussian's truncation (3 sigma) that bit moved it
+    across: the truncated Gaussian jumped by exp(-4.5) = 1.1 % of its peak, the output by
+    8e-4. The Gaussian is now shifted to reach 0 there: one ulp of footprint moves the output
+    by about an ulp. This is the failing pixel (sample 0, row 0, column 4) of
+    LATENTX_TEST_SEED=392448400."""
+    torch.manual_seed(461)  # the test's stream of that session seed
+    F.affine_grid(torch.eye(2, 3, dtype=torch.float64)[None].repeat(2, 1, 1), [2, 1, 16, 12], align_corners=False)
+    grid = warp_grid(2, 9, 11, scale=1.3).clone()
+    grid[0, 0, 1] = float("nan")
+    x = torch.randn(2, 3, 40, 53)
+    g = grid.float()
+    given = reference.grid_stretch(g, 40, 53, False)
+    s = given[0, 0, 4, 0]
+    assert abs(float(reference.grid_unnormalize(g[0, 0, 4, 0], 53, False)) - 1.5 * float(s) - 34) < 1e-5
+    nudged = given.clone()
+    nudged[0, 0, 4, 0] = torch.nextafter(s, torch.tensor(0.0))
+    for impl in ("reference", "native") if _native._C is not None else ("reference",):
+        kw = dict(padding_mode="reflection", filter="gaussian", impl=impl)
+        a = ops.filtered_grid_sample(x, g.requires_grad_(), stretch=given, **kw)
+        b = ops.filtered_grid_sample(x, g, stretch=nudged, **kw)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        up = torch.randn(a.shape)
+        # and so does the grid's gradient (the window's slope is 0 at its edge too)
+        torch.testing.assert_close(torch.autograd.grad(a, g, up)[0], torch.autograd.grad(b, g, up)[0],
+                                   rtol=1e-5, atol=1e-4)
+
+
+@needs_native
+def test_flaky_seed_replayed():
+    """The flaky test's body under the torch seed of LATENTX_TEST_SEED=392448400 (its
+    failing run)."""
+    torch.manual_seed(461)
+    test_kernels_estimate_the_stretch_as_the_reference("cpu", torch.float32)

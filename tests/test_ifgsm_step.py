@@ -295,3 +295,21 @@ def test_mixed_devices_cuda():
             ops.ifgsm_step(z, torch.randn(4, 3), step_size=0.1, impl=impl)
         with pytest.raises(ValueError, match="radius"):
             ops.ifgsm_step(z, z, step_size=0.1, anchor=z, radius=torch.rand(4), impl=impl)
+
+
+@pytest.mark.parametrize("impl", ["reference", pytest.param("native", marks=needs_native)])
+def test_in_place_refuses_a_tensor_that_requires_grad(impl):
+    """Issue 19: ifgsm_step_ modified a leaf that requires grad without the error torch's own
+    in-place ops give; now it refuses it (and a non-leaf) in grad mode, like z.add_()."""
+    grad = torch.randn(4, 3)
+    leaf = torch.randn(4, 3, requires_grad=True)
+    before = leaf.detach().clone()
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        ops.ifgsm_step_(leaf, grad, step_size=0.1, impl=impl)
+    assert torch.equal(leaf.detach(), before)  # untouched
+    non_leaf = leaf * 2
+    with pytest.raises(RuntimeError, match="requires grad"):
+        ops.ifgsm_step_(non_leaf, grad, step_size=0.1, impl=impl)
+    with torch.no_grad():  # an optimizer's update: allowed, as for torch's in-place ops
+        ops.ifgsm_step_(leaf, grad, step_size=0.1, impl=impl)
+    torch.testing.assert_close(leaf.detach(), before - 0.1 * grad.sign())

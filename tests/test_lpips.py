@@ -80,7 +80,8 @@ def test_all_ones_mask_equals_no_mask():
 
 
 def test_mask_semantics_against_spec(lpips_package):
-    """Σ_l Σ_hw m^l d^l / Σ_hw m^l, m^l the bilinear resize (SPEC A3), in float64 by hand."""
+    """Σ_l Σ_hw m^l d^l / Σ_hw m^l, m^l the mask's area average over each layer cell
+    (latentx.lpips.resize_mask; SPEC A3's bilinear resize loses small masks), in float64 by hand."""
     _, model = matched_models(lpips_package, "alex")
     real = photos()
     target = real[:1]
@@ -93,7 +94,7 @@ def test_mask_semantics_against_spec(lpips_package):
         v = f1 / (f1.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
         w = model.lins[k].model[-1].weight.view(1, -1, 1, 1)
         d = (w * (u - v) ** 2).sum(1, keepdim=True)
-        m = F.interpolate(mask, size=d.shape[2:], mode="bilinear", align_corners=False)
+        m = F.interpolate(mask, size=d.shape[2:], mode="area")
         expected += (m * d).sum((1, 2, 3)) / m.sum((1, 2, 3))
     got = model(real, target, mask=mask).view(-1)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-15)
@@ -152,3 +153,46 @@ def test_bad_input():
 
 def test_exported_at_top_level():
     assert latentx.LPIPS is LPIPS
+
+
+def test_small_mask_stays_non_empty_at_every_layer():
+    """Issue 19: a 12×12 box on a 64×64 AlexNet input vanished at a deep layer under bilinear
+    resizing (0/0 = NaN). Area averaging keeps it: finite, and different from the unmasked value."""
+    model = LPIPS(net="alex", pnet_rand=True).double()
+    cand = torch.rand(2, 3, 64, 64, dtype=torch.float64) * 2 - 1
+    target = torch.rand(1, 3, 64, 64, dtype=torch.float64) * 2 - 1
+    mask = torch.zeros(64, 64, dtype=torch.float64)
+    mask[26:38, 40:52] = 1.0
+    got, layers = model(cand, target, mask=mask, retPerLayer=True)
+    assert torch.isfinite(got).all() and all(torch.isfinite(t).all() for t in layers)
+    assert not torch.allclose(got, model(cand, target))
+    # a single positive pixel anywhere, at any value in (0, 1], still counts
+    for r, c in ((0, 0), (63, 63), (31, 17)):
+        one = torch.zeros(64, 64, dtype=torch.float64)
+        one[r, c] = 0.01
+        assert torch.isfinite(model(cand, target, mask=one)).all()
+    # an all-ones mask is the plain lpips value
+    torch.testing.assert_close(model(cand, target, mask=torch.ones(64, 64, dtype=torch.float64)),
+                               model(cand, target), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("bad", ["nan", "negative", "above_one", "all_zero", "one_sample_zero", "integer"])
+def test_invalid_masks_are_refused(bad):
+    model = LPIPS(net="squeeze", pnet_rand=True)
+    cand = torch.rand(2, 3, 32, 32) * 2 - 1
+    mask = torch.full((2, 1, 32, 32), 0.5)
+    error = ValueError
+    if bad == "nan":
+        mask[0, 0, 3, 3] = float("nan")
+    elif bad == "negative":
+        mask[1, 0, 0, 0] = -0.1
+    elif bad == "above_one":
+        mask[0, 0, 5, 5] = 1.5
+    elif bad == "all_zero":
+        mask.zero_()
+    elif bad == "one_sample_zero":
+        mask[1].zero_()
+    else:
+        mask, error = torch.ones(2, 1, 32, 32, dtype=torch.int64), TypeError
+    with pytest.raises(error, match="mask"):
+        model(cand, cand.flip(0), mask=mask)

@@ -128,3 +128,51 @@ def test_bad_input_names_the_argument(impl):
         spatial = kw.pop("spatial", False)
         with pytest.raises(error, match=name):
             ops.lpips_head(**kw, spatial=spatial, impl=impl)
+
+
+# --- issue 19 ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", ["reference", pytest.param("native", marks=needs_native)])
+@pytest.mark.parametrize("bad", ["nan", "negative", "above_one", "all_zero", "one_sample_zero"])
+def test_invalid_mask_values_are_refused(impl, bad):
+    """NaN, negative, > 1 and all-zero masks passed the checks (0/0 = NaN, or a meaningless
+    weighted mean); every implementation now refuses them, naming the mask."""
+    kw = head_inputs(2, 4, 3, 3, torch.float64, "cpu", shared_target=False)
+    mask = torch.full((2, 1, 3, 3), 0.5, dtype=torch.float64)
+    if bad == "nan":
+        mask[0, 0, 1, 1] = float("nan")
+    elif bad == "negative":
+        mask[1, 0, 0, 0] = -1e-3
+    elif bad == "above_one":
+        mask[0, 0, 2, 2] = 1.0 + 1e-6
+    elif bad == "all_zero":
+        mask.zero_()
+    else:
+        mask[1].zero_()
+    with pytest.raises(ValueError, match="mask"):
+        ops.lpips_head(**{**kw, "mask": mask}, impl=impl)
+    ok = mask.nan_to_num(0.5).clamp(0, 1)
+    ok[:, 0, 0, 0] = 0.25  # every sample keeps a positive value
+    assert torch.isfinite(ops.lpips_head(**{**kw, "mask": ok}, impl=impl)).all()
+
+
+@needs_native
+@pytest.mark.parametrize("device", device_params())
+def test_double_backward_raises_instead_of_a_graph_less_gradient(device):
+    """create_graph=True through the native op returned a gradient without a graph, so a
+    gradient penalty was silently wrong; now differentiating that gradient raises. The
+    reference supports it."""
+    kw = head_inputs(2, 5, 4, 4, torch.float64, device, relu=False)
+    f0 = kw.pop("feat0").requires_grad_()
+    (g,) = torch.autograd.grad(ops.lpips_head(f0, **kw, impl="native").sum(), f0, create_graph=True)
+    assert g.requires_grad
+    with pytest.raises(RuntimeError, match="no double backward"):
+        g.square().sum().backward()
+    (g_ref,) = torch.autograd.grad(ops.lpips_head(f0, **kw, impl="reference").sum(), f0, create_graph=True)
+    torch.testing.assert_close(g, g_ref.detach(), **TOL[torch.float64])
+    (gg,) = torch.autograd.grad(g_ref.square().sum(), f0)
+    assert torch.isfinite(gg).all() and gg.abs().sum() > 0
+    # without create_graph nothing changes: a plain gradient
+    (g_plain,) = torch.autograd.grad(ops.lpips_head(f0, **kw, impl="native").sum(), f0)
+    assert not g_plain.requires_grad

@@ -21,6 +21,13 @@ inline void check_float(const char* op, const char* name, const at::Tensor& t) {
                    " must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
 }
 
+// The CMA-ES ops (matrix products, not elementwise): float32 and float64 only (SPEC A1).
+inline void check_float32_or_64(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ",
+                   name, " must be float32 or float64 (float16 / bfloat16 are not supported "
+                   "by the CMA-ES ops), got ", t.scalar_type());
+}
+
 inline void check_like(const char* op, const char* name, const at::Tensor& t,
                        const char* ref_name, const at::Tensor& ref) {
   TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " must be on the same device as ",

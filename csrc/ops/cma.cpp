@@ -13,7 +13,7 @@ namespace {
 
 void check_shape(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref,
                  const char* ref_name, std::vector<int64_t> shape) {
-  check_float(op, name, t);
+  check_float32_or_64(op, name, t);
   TORCH_CHECK_VALUE(t.device() == ref.device() && t.scalar_type() == ref.scalar_type(), op, ": ",
                     name, " must match ", ref_name, "'s device and dtype (", ref.device(), ", ",
                     ref.scalar_type(), "), got (", t.device(), ", ", t.scalar_type(), ")");
@@ -28,7 +28,7 @@ CmaSampleArgs prepare_cma_sample(const at::Tensor& noise, const at::Tensor& mean
                                  const at::Tensor& sqrt_eigvals, std::optional<double> lower,
                                  std::optional<double> upper) {
   constexpr const char* op = "cma_sample";
-  check_float(op, "noise", noise);
+  check_float32_or_64(op, "noise", noise);
   TORCH_CHECK_VALUE(noise.dim() == 3, op, ": noise must be [B, popsize, d], got shape ",
                     noise.sizes());
   const int64_t b = noise.size(0), d = noise.size(2);
@@ -41,6 +41,12 @@ CmaSampleArgs prepare_cma_sample(const at::Tensor& noise, const at::Tensor& mean
     a.eigvecs = *eigvecs;
   }
   check_box(op, lower, upper);
+  // Host-side value checks (on CUDA they wait for the device once): sigma <= 0 or a negative
+  // D would give a silently wrong sample.
+  TORCH_CHECK_VALUE(sigma.gt(0).logical_and(sigma.isfinite()).all().item<bool>(), op,
+                    ": sigma must be finite and > 0 everywhere (NaN is not allowed)");
+  TORCH_CHECK_VALUE(sqrt_eigvals.ge(0).logical_and(sqrt_eigvals.isfinite()).all().item<bool>(), op,
+                    ": sqrt_eigvals (D) must be finite and >= 0 everywhere (NaN is not allowed)");
   a.noise = noise.contiguous();
   a.mean = mean.contiguous();
   a.sigma = sigma.contiguous();
@@ -55,7 +61,7 @@ CmaCovArgs prepare_cma_covariance_update(const at::Tensor& cov, const at::Tensor
                                          const at::Tensor& y, const at::Tensor& weights,
                                          const at::Tensor& decay, double c1, double cmu) {
   constexpr const char* op = "cma_covariance_update";
-  check_float(op, "cov", cov);
+  check_float32_or_64(op, "cov", cov);
   TORCH_CHECK_VALUE(cov.dim() == 3 && cov.size(1) == cov.size(2), op,
                     ": cov must be [B, d, d], got shape ", cov.sizes());
   TORCH_CHECK_VALUE(y.dim() == 3, op, ": y must be [B, k, d], got shape ", y.sizes());

@@ -65,7 +65,6 @@ GridSampleArgs prepare_filtered_grid_sample(const at::Tensor& input, const at::T
 
 }  // namespace latentx
 
-TORCH_LIBRARY_IMPL(latentx, Autograd, m) {
-  // The backward is not itself differentiated (no double backward through the sampler).
-  m.impl("filtered_grid_sample_backward", torch::CppFunction::makeFallthrough());
-}
+// filtered_grid_sample_backward's autograd kernel is registered from Python
+// (latentx/ops/filtered_grid_sample.py): differentiating it raises (no double backward), instead
+// of a silently graph-less gradient.

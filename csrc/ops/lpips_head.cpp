@@ -43,6 +43,13 @@ LpipsHeadArgs prepare_lpips_head(const at::Tensor& feat0, const at::Tensor& feat
                       op, ": mask must be [", n, " or 1, 1, ", h, ", ", w,
                       "] (resized to the layer), got ", mask->sizes());
     a.mask = mask->to(opmath).contiguous();
+    // Host-side value checks, one transfer (on CUDA it waits for the device): NaN, values
+    // outside [0, 1] or a sample without weight would give NaN (0/0) or a meaningless mean.
+    const at::Tensor m = a.mask.view({a.mask.size(0), h * w});
+    const at::Tensor ok = at::stack({m.ge(0).logical_and(m.le(1)).all(), m.sum(1).gt(0).all()}).cpu();
+    TORCH_CHECK_VALUE(ok[0].item<bool>(), op, ": mask values must lie in [0, 1] (NaN is not allowed)");
+    TORCH_CHECK_VALUE(ok[1].item<bool>(), op, ": mask must have a positive value for every sample "
+                      "at the layer's resolution (an all-zero mask gives 0/0)");
   }
   a.feat0 = feat0.contiguous();
   a.feat1 = feat1.contiguous();
@@ -72,7 +79,5 @@ at::Tensor lpips_head_coef(const LpipsHeadArgs& a, const at::Tensor& grad_out) {
 
 }  // namespace latentx
 
-TORCH_LIBRARY_IMPL(latentx, Autograd, m) {
-  // The backward is not itself differentiated (no double backward through LPIPS).
-  m.impl("lpips_head_backward", torch::CppFunction::makeFallthrough());
-}
+// lpips_head_backward's autograd kernel is registered from Python (latentx/ops/lpips_head.py):
+// differentiating it raises (no double backward), instead of a silently graph-less gradient.

@@ -27,6 +27,13 @@ def cma_sample(
     eigenvectors; None for diagonal CMA), sqrt_eigvals [B, d]. Returns (x, y), [B, λ, d]
     each; with bounds, x is clamped to [lower, upper] and y = (x − m)/σ. Not differentiable.
     ``impl`` as for every op (see :func:`latentx.ops.backend`).
+
+    Odd inputs (the same in every implementation): float32 / float64 only — float16 /
+    bfloat16 are refused up front (TypeError naming the argument: a matrix product, not an
+    elementwise op, SPEC A1); sigma must be finite and > 0 and D finite and >= 0 (ValueError,
+    checked on the host: on CUDA one wait for the device); NaN / inf in noise, mean or E
+    propagate through the arithmetic (a box clamps ±inf); B = 0 or λ = 0 give empty results;
+    any strides and expanded inputs are accepted; results never require grad.
     """
     if not _native.use_native(impl, noise.device):
         with torch.no_grad():
@@ -42,6 +49,11 @@ def cma_covariance_update(
 
     Shapes: cov [B, d, d], pc [B, d], y [B, k, d], weights [B, k] or [k], decay (a) [B].
     Returns a new [B, d, d]. Not differentiable.
+
+    Odd inputs (the same in every implementation): float32 / float64 only (float16 / bfloat16:
+    TypeError up front); NaN / inf anywhere propagate through the arithmetic; k = 0 gives
+    a·C + c₁ p_c p_cᵀ, B = 0 an empty result; any strides and expanded inputs are accepted
+    (the in-place variant needs a cov that does not overlap itself); never requires grad.
     """
     if not _native.use_native(impl, cov.device):
         with torch.no_grad():
@@ -65,7 +77,7 @@ if _native._C is not None:
 
     @torch.library.register_fake("latentx::cma_sample")
     def _(noise, mean, sigma, eigvecs, sqrt_eigvals, lower, upper):
-        reference.check_cma_sample(noise, mean, sigma, eigvecs, sqrt_eigvals, lower, upper)
+        reference.check_cma_sample(noise, mean, sigma, eigvecs, sqrt_eigvals, lower, upper, values=False)
         return torch.empty_like(noise), torch.empty_like(noise)
 
     @torch.library.register_fake("latentx::cma_covariance_update")

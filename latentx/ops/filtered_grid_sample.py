@@ -56,7 +56,17 @@ def filtered_grid_sample(
         footprint is ≤ 1 input pixel along both axes it equals bilinear F.grid_sample.
         A non-finite grid location gives 0 there and no gradient.
 
-    Differentiable w.r.t. input and grid; the footprint (stretch) is held constant.
+    Odd inputs (native = reference): a NaN / ±inf grid location gives 0 and no gradient; a NaN
+    / ±inf input pixel reaches every output whose window reads it — the taps
+    ⌊coord⌋ − ⌈r⌉ + 1 … ⌊coord⌋ + ⌈r⌉ of each axis (r the filter's support radius) multiply
+    their pixels whatever their weight, so bilinear sampling with zero padding propagates them
+    exactly as F.grid_sample's 4 taps (0 · NaN = NaN); the grid's gradient there is not
+    finite. C, Ho or Wo = 0 give an empty result (H, W ≥ 1 required); float16 / bfloat16 are
+    computed in float32; any strides and expanded inputs are accepted.
+
+    Differentiable w.r.t. input and grid; the footprint (stretch) is held constant. The native
+    op's gradient is first order only: differentiating it (``create_graph=True``, e.g. a
+    gradient penalty) raises RuntimeError; ``impl='reference'`` has double backward.
     """
     pad = _code(GRID_PADDING_MODES, "padding_mode", padding_mode)
     flt = _code(GRID_FILTERS, "filter", filter)
@@ -117,6 +127,28 @@ def affine_grid(theta: Tensor, size: Sequence[int], align_corners: bool = False)
     return along_x + along_y + t[:, 2]  # [N, Ho, Wo, 2], contiguous
 
 
+def _output_size(size) -> tuple[int, int]:
+    """warp_affine's size: two non-negative integers (Python or numpy ints, or integer-valued
+    0-d tensors); a float is refused rather than truncated."""
+    try:
+        n = len(size)
+    except TypeError:
+        n = -1
+    if n != 2:
+        raise ValueError(f"warp_affine: size must be (Ho, Wo), two integers, got {size!r}")
+    out = []
+    for v in size:
+        if isinstance(v, Tensor) and v.dim() == 0 and not v.is_floating_point() and v.dtype != torch.bool:
+            v = int(v)
+        if isinstance(v, bool) or not hasattr(v, "__index__"):
+            raise TypeError(f"warp_affine: size must be (Ho, Wo), two integers, got {size!r} "
+                            f"({type(v).__name__} is not an integer)")
+        if v.__index__() < 0:
+            raise ValueError(f"warp_affine: size must be non-negative, got {size!r}")
+        out.append(v.__index__())
+    return out[0], out[1]
+
+
 def warp_affine(
     input: Tensor,
     theta: Tensor,
@@ -135,7 +167,7 @@ def warp_affine(
     Args:
         input: [N, C, H, W].
         theta: [N, 2, 3], output → input map in normalised coordinates (F.affine_grid's).
-        size: output (Ho, Wo).
+        size: output (Ho, Wo), two non-negative integers (a float is refused, not truncated).
         antialias: False gives plain bilinear sampling (filter 'none').
 
     Returns:
@@ -145,10 +177,8 @@ def warp_affine(
         raise ValueError(f"warp_affine: input must be [N, C, H, W], got shape {list(input.shape)}")
     if theta.dim() != 3 or tuple(theta.shape[1:]) != (2, 3) or theta.shape[0] != input.shape[0]:
         raise ValueError(f"warp_affine: theta must be [{input.shape[0]}, 2, 3], got shape {list(theta.shape)}")
-    if len(size) != 2:
-        raise ValueError(f"warp_affine: size must be (Ho, Wo), got {size!r}")
+    ho, wo = _output_size(size)
     h, w = input.shape[2:]
-    ho, wo = int(size[0]), int(size[1])
     grid = affine_grid(theta.to(input.dtype), (ho, wo), align_corners)
     s = affine_stretch(theta, (h, w), (ho, wo), align_corners)
     s = reference.clamp_stretch(s, h, w, input.dtype)
@@ -185,3 +215,14 @@ if _native._C is not None:
 
     torch.library.register_autograd("latentx::filtered_grid_sample", _backward,
                                     setup_context=_setup_context)
+
+    def _no_double_backward(ctx, *grads):
+        raise RuntimeError(
+            "filtered_grid_sample: the native op has no double backward (its gradient was taken "
+            "with create_graph=True and is now differentiated); use impl='reference' (or "
+            "LATENTX_IMPL=reference), whose autograd has it")
+
+    # The gradient carries this node under create_graph=True, so differentiating it raises
+    # instead of silently giving a gradient without the second-order term.
+    torch.library.register_autograd("latentx::filtered_grid_sample_backward", _no_double_backward,
+                                    setup_context=lambda ctx, inputs, output: None)

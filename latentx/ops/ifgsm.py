@@ -64,6 +64,12 @@ def ifgsm_step(
     Returns:
         z', a new tensor like ``z``. Arithmetic runs in float32 (float64 for float64 inputs)
         and rounds once; sign(0) = 0 and a NaN in ``grad`` gives NaN in that element.
+
+    Odd inputs (native = reference, bit for bit): NaN in z, grad or anchor gives NaN in that
+    element; ±inf in z steps and is then clamped by the ball and the box; empty tensors give
+    an empty result; float16 / bfloat16 are computed in float32 and rounded once; any strides
+    and expanded (overlapping) inputs are read as they are; a z that requires grad gives a
+    result that does not (no autograd through the step).
     """
     if not _native.use_native(impl, z.device):
         return reference.ifgsm_step(z, grad, step_size, anchor, radius, lower, upper, ascend)
@@ -83,7 +89,18 @@ def ifgsm_step_(
     ascend: bool = False,
     impl: str = "auto",
 ) -> Tensor:
-    """In-place :func:`ifgsm_step`: writes z' into ``z`` and returns ``z``."""
+    """In-place :func:`ifgsm_step`: writes z' into ``z`` and returns ``z``.
+
+    Like torch's own in-place ops, it refuses a ``z`` that requires grad while grad mode is on
+    (RuntimeError): the step is not recorded by autograd, so a leaf would be changed behind
+    its back and a non-leaf's graph would silently see the new values. Update under
+    ``torch.no_grad()`` (as an optimizer does) or step ``z.detach()``.
+    """
+    if isinstance(z, Tensor) and z.requires_grad and torch.is_grad_enabled():
+        what = "a leaf Variable that requires grad" if z.is_leaf else "a tensor that requires grad"
+        raise RuntimeError(
+            f"ifgsm_step_: z is {what} and is being used in an in-place operation that autograd "
+            "does not record; run the step under torch.no_grad() or pass z.detach()")
     if not _native.use_native(impl, z.device):
         with torch.no_grad():
             return z.copy_(reference.ifgsm_step(z, grad, step_size, anchor, radius, lower, upper, ascend))

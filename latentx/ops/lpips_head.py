@@ -26,8 +26,17 @@ def lpips_head(
     resolution (seed 003 eq. 7), or None. Returns [N] — Σ m·d / Σ m, the plain spatial mean
     without a mask — or, with ``spatial``, the map d [N, 1, H, W] (no mask allowed).
 
+    Odd inputs (native = reference): a NaN or ±inf feature makes the distance at its position
+    NaN (inf / inf), so that sample's mean; the mask must lie in [0, 1] with no NaN and have a
+    positive value for every sample (else ValueError, checked on the host: on CUDA one wait for
+    the device); N = 0 gives an empty result; float16 / bfloat16 are computed in float32 and
+    returned in the features' dtype; any strides (channels-last too) and feat1 / mask
+    broadcast or expanded over N are accepted.
+
     Differentiable w.r.t. feat0 and feat1 (finite where a feature vector is all zeros, unlike
-    lpips' autograd); not w.r.t. weight or mask.
+    lpips' autograd); not w.r.t. weight or mask. The native op's gradient is not itself
+    differentiable: with ``create_graph=True`` differentiating it raises RuntimeError (the
+    reference supports double backward).
     """
     if not _native.use_native(impl, feat0.device):
         return reference.lpips_head(feat0, feat1, weight, mask, spatial)
@@ -41,7 +50,7 @@ if _native._C is not None:
 
     @torch.library.register_fake("latentx::lpips_head")
     def _(feat0, feat1, weight, mask, spatial):
-        reference.check_lpips_head(feat0, feat1, weight, mask, spatial)
+        reference.check_lpips_head(feat0, feat1, weight, mask, spatial, values=False)
         n, _, h, w = feat0.shape
         return feat0.new_empty((n, 1, h, w) if spatial else (n,))
 
@@ -63,3 +72,14 @@ if _native._C is not None:
         return (grad0 if need0 else None), (grad1 if need1 else None), None, None, None
 
     torch.library.register_autograd("latentx::lpips_head", _backward, setup_context=_setup_context)
+
+    def _no_double_backward(ctx, *grads):
+        raise RuntimeError(
+            "lpips_head: the native op has no double backward (its gradient was taken with "
+            "create_graph=True and is now differentiated, e.g. a gradient penalty through "
+            "LPIPS); use impl='reference' (or LATENTX_IMPL=reference), whose autograd has it")
+
+    # The gradient carries this node under create_graph=True, so differentiating it raises
+    # instead of silently giving a gradient without the second-order term.
+    torch.library.register_autograd("latentx::lpips_head_backward", _no_double_backward,
+                                    setup_context=lambda ctx, inputs, output: None)

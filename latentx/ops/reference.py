@@ -37,6 +37,15 @@ def check_float(op: str, name: str, t: Tensor) -> None:
         )
 
 
+def check_float32_or_64(op: str, name: str, t: Tensor) -> None:
+    """The CMA-ES ops (matrix products, not elementwise): float32 and float64 only (SPEC A1)."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+    if t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{op}: {name} must be float32 or float64 (float16 / bfloat16 are not "
+                        f"supported by the CMA-ES ops), got {t.dtype}")
+
+
 def check_like(op: str, name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
@@ -187,9 +196,11 @@ def ifgsm_step(
         return out.to(z.dtype)
 
 
-def check_cma_sample(noise, mean, sigma, eigvecs, sqrt_eigvals, lower, upper) -> None:
+def check_cma_sample(noise, mean, sigma, eigvecs, sqrt_eigvals, lower, upper, values=True) -> None:
+    """Argument checks of cma_sample; ``values`` also checks sigma > 0 and D >= 0 (finite) on
+    the host (not under tracing: fake tensors have no values)."""
     op = "cma_sample"
-    check_float(op, "noise", noise)
+    check_float32_or_64(op, "noise", noise)
     if noise.dim() != 3:
         raise ValueError(f"{op}: noise must be [B, popsize, d], got shape {list(noise.shape)}")
     b, _, d = noise.shape
@@ -198,13 +209,18 @@ def check_cma_sample(noise, mean, sigma, eigvecs, sqrt_eigvals, lower, upper) ->
                            ("eigvecs", eigvecs, [b, d, d])):
         if t is None:
             continue
-        check_float(op, name, t)
+        check_float32_or_64(op, name, t)
         if t.device != noise.device or t.dtype != noise.dtype:
             raise ValueError(f"{op}: {name} must match noise's device and dtype "
                              f"({noise.device}, {noise.dtype}), got ({t.device}, {t.dtype})")
         if list(t.shape) != shape:
             raise ValueError(f"{op}: {name} must have shape {shape}, got {list(t.shape)}")
     check_box(op, lower, upper)
+    if values:
+        if not bool((sigma.gt(0) & sigma.isfinite()).all()):
+            raise ValueError(f"{op}: sigma must be finite and > 0 everywhere (NaN is not allowed)")
+        if not bool((sqrt_eigvals.ge(0) & sqrt_eigvals.isfinite()).all()):
+            raise ValueError(f"{op}: sqrt_eigvals (D) must be finite and >= 0 everywhere (NaN is not allowed)")
 
 
 def cma_sample(
@@ -243,7 +259,7 @@ def cma_sample(
 
 def check_cma_covariance_update(cov, pc, y, weights, decay) -> None:
     op = "cma_covariance_update"
-    check_float(op, "cov", cov)
+    check_float32_or_64(op, "cov", cov)
     if cov.dim() != 3 or cov.shape[1] != cov.shape[2]:
         raise ValueError(f"{op}: cov must be [B, d, d], got shape {list(cov.shape)}")
     if y.dim() != 3:
@@ -251,7 +267,7 @@ def check_cma_covariance_update(cov, pc, y, weights, decay) -> None:
     b, d, k = cov.shape[0], cov.shape[1], y.shape[1]
     for name, t, shapes in (("pc", pc, ([b, d],)), ("y", y, ([b, k, d],)),
                             ("weights", weights, ([b, k], [k])), ("decay", decay, ([b],))):
-        check_float(op, name, t)
+        check_float32_or_64(op, name, t)
         if t.device != cov.device or t.dtype != cov.dtype:
             raise ValueError(f"{op}: {name} must match cov's device and dtype "
                              f"({cov.device}, {cov.dtype}), got ({t.device}, {t.dtype})")
@@ -286,7 +302,10 @@ def cma_covariance_update(
 LPIPS_EPS = 1e-10  # lpips.normalize_tensor: F / (|F| + eps)
 
 
-def check_lpips_head(feat0, feat1, weight, mask, spatial) -> None:
+def check_lpips_head(feat0, feat1, weight, mask, spatial, values=True) -> None:
+    """Argument checks of lpips_head; ``values`` also checks the mask's values on the host
+    (in [0, 1], no NaN, a positive value per sample; not under tracing: fake tensors have no
+    values)."""
     op = "lpips_head"
     check_float(op, "feat0", feat0)
     if feat0.dim() != 4:
@@ -313,6 +332,13 @@ def check_lpips_head(feat0, feat1, weight, mask, spatial) -> None:
         if mask.dim() != 4 or mask.shape[0] not in (n, 1) or tuple(mask.shape[1:]) != (1, h, w):
             raise ValueError(f"{op}: mask must be [{n} or 1, 1, {h}, {w}] (resized to the layer), "
                              f"got {list(mask.shape)}")
+        if values:
+            m = mask.detach().reshape(mask.shape[0], h * w)
+            if not bool(((m >= 0) & (m <= 1)).all()):
+                raise ValueError(f"{op}: mask values must lie in [0, 1] (NaN is not allowed)")
+            if not bool((m.sum(1) > 0).all()):
+                raise ValueError(f"{op}: mask must have a positive value for every sample at the "
+                                 "layer's resolution (an all-zero mask gives 0/0)")
 
 
 def lpips_head(feat0: Tensor, feat1: Tensor, weight: Tensor, mask: Optional[Tensor] = None,
@@ -353,6 +379,10 @@ GRID_PADDING_MODES = {"zeros": 0, "border": 1, "reflection": 2}
 GRID_FILTERS = {"none": 0, "tent": 1, "gaussian": 2}
 GAUSSIAN_SIGMA_PER_STRETCH = 0.5  # σ = s / 2: the tent's and the Gaussian's variances are close
 GAUSSIAN_RADIUS_SIGMAS = 3.0      # taps within 3σ (weights beyond are below 1.2 %)
+# exp(-3² / 2): the Gaussian less the quadratic matching its value and slope at 3σ reaches 0
+# there with slope 0; truncated as it is, it jumps at the edge, and a last-bit change of the
+# footprint that moved a tap across it changed the output by ~1 % (filtered_grid_sample_math.h).
+GAUSSIAN_TAIL = math.exp(-GAUSSIAN_RADIUS_SIGMAS ** 2 / 2)
 
 
 def check_filtered_grid_sample(input, grid, stretch, padding_mode, align_corners, filter) -> None:
@@ -501,15 +531,22 @@ def _grid_axis_weights(coord, s, radius, gaussian, k: int):
     """Tap k (an offset from floor(coord)) of one axis: its integer position and weight.
     Tent: w(d) = max(0, 1 - |d|/s), written so autograd takes grid_sample's one-sided
     derivative at the kinks (d = 0: the left branch; the support is (-r, r]). Gaussian:
-    exp(-d²/(2σ²)), σ = s/2, on the support (-3σ, 3σ]. d = tap − coord."""
+    e(d) − e(3σ)(1 + 9/2 − d²/(2σ²)) with e(d) = exp(-d²/(2σ²)) (0 with slope 0 at the edge:
+    continuously differentiable), σ = s/2, on the support
+    (-3σ, 3σ]. d = tap − coord."""
     tap = torch.floor(coord).detach() + k
     d = tap - coord
     inside = (d > -radius) & (d <= radius)
     tent = torch.where(d <= 0, 1 + d / s, 1 - d / s)
     sigma = s * GAUSSIAN_SIGMA_PER_STRETCH
-    gauss = torch.exp(-(d * d) / (2 * sigma * sigma))
+    q = (d * d) / (2 * sigma * sigma)
+    gauss = torch.exp(-q) - GAUSSIAN_TAIL * (1 + GAUSSIAN_RADIUS_SIGMAS ** 2 / 2 - q)
     w = torch.where(inside, torch.where(gaussian, gauss, tent), 0.0)
-    return tap.long(), w
+    # The pixel's own window, k in (-ceil(r), ceil(r)] (the native kernels' taps): its taps
+    # read their pixels whatever their weight; the batch's wider window beyond reads nothing.
+    reach = torch.ceil(radius)
+    window = (k > -reach) & (k <= reach)
+    return tap.long(), w, window
 
 
 def filtered_grid_sample(input: Tensor, grid: Tensor, stretch: Optional[Tensor], padding_mode: int,
@@ -558,20 +595,23 @@ def filtered_grid_sample(input: Tensor, grid: Tensor, stretch: Optional[Tensor],
     x_taps = [_grid_axis_weights(ix, sx, rx, gx, k) for k in range(-taps_x + 1, taps_x + 1)]
     y_taps = [_grid_axis_weights(iy, sy, ry, gy, k) for k in range(-taps_y + 1, taps_y + 1)]
     # Normalise only where the filter is stretched: with s = 1 the weights already sum to 1.
-    norm_x = torch.where(sx > 1, sum(wk for _, wk in x_taps), 1.0)
-    norm_y = torch.where(sy > 1, sum(wk for _, wk in y_taps), 1.0)
+    norm_x = torch.where(sx > 1, sum(wk for _, wk, _ in x_taps), 1.0)
+    norm_y = torch.where(sy > 1, sum(wk for _, wk, _ in y_taps), 1.0)
     flat = x.reshape(n, c, h * w)
     acc = None
-    for ty, wy in y_taps:
+    for ty, wy, win_y in y_taps:
         row, row_in = _grid_pad_index(ty, h, padding_mode, align_corners)
-        for tx, wx in x_taps:
+        for tx, wx, win_x in x_taps:
             col, col_in = _grid_pad_index(tx, w, padding_mode, align_corners)
             index = (row * w + col).reshape(n, 1, ho * wo).expand(n, c, ho * wo)
             v = torch.gather(flat, 2, index).reshape(n, c, ho, wo)
-            weight = wy * wx
+            # Every tap of the pixel's window that reads a pixel multiplies it by its weight,
+            # 0 or not: NaN / inf propagate as in F.grid_sample. Taps reading nothing (zero
+            # padding, or beyond the window) are left out with where(), not multiplied by 0.
+            reads = win_y & win_x
             if row_in is not None:
-                weight = weight * (row_in & col_in)
-            term = v * weight[:, None]
+                reads = reads & row_in & col_in
+            term = torch.where(reads[:, None], v * (wy * wx)[:, None], 0.0)
             acc = term if acc is None else acc + term
     out = acc / (norm_x * norm_y)[:, None]
     return torch.where(valid[:, None], out, 0.0).to(input.dtype)

@@ -271,11 +271,12 @@ class AxisRun {
     const V zero = S::splat(T(0));
     const V d = (S::splat(static_cast<T>(a.first + b)) + S::iota()) - a.coord;
     const typename S::M inside = (d > -a.radius) & (d <= a.radius);
-    if (a.gaussian) {
+    if (a.gaussian) {  // 0 with slope 0 at the support's edge (grid_tap_weight)
+      const V q = d * d * a.inv_two_var;
       V e;
-      for (int64_t l = 0; l < kLanes; ++l) e[l] = std::exp(-d[l] * d[l] * a.inv_two_var);
-      w = S::select(inside, e, zero);
-      if (kGrad) dw = w * d * (T(2) * a.inv_two_var);
+      for (int64_t l = 0; l < kLanes; ++l) e[l] = std::exp(-q[l]);
+      w = S::select(inside, e - T(kGaussianTail) * (T(kGaussianTailOffset) - q), zero);
+      if (kGrad) dw = S::select(inside, (e - T(kGaussianTail)) * d * (T(2) * a.inv_two_var), zero);
       return;
     }
     const typename S::M left = d <= T(0);
@@ -584,10 +585,11 @@ LATENTX_INLINE void plan_axis(typename Simd<T>::V coord, typename Simd<T>::V str
     if (any_gaussian || kGrad) {  // the support: (-radius, radius]
       const M inside = (d > -radius) & (d <= radius);
       if (any_gaussian) {
+        const V q = d * d * inv_two_var;
         V e;
-        for (int64_t l = 0; l < kLanes; ++l) e[l] = std::exp(-d[l] * d[l] * inv_two_var[l]);
-        w[k] = S::select(gaussian, e, w[k]);
-        if (kGrad) dw[k] = S::select(gaussian, e * d * (T(2) * inv_two_var), dw[k]);
+        for (int64_t l = 0; l < kLanes; ++l) e[l] = std::exp(-q[l]);
+        w[k] = S::select(gaussian, e - T(kGaussianTail) * (T(kGaussianTailOffset) - q), w[k]);
+        if (kGrad) dw[k] = S::select(gaussian, (e - T(kGaussianTail)) * d * (T(2) * inv_two_var), dw[k]);
       }
       w[k] = S::select(inside, w[k], zero);
       if (kGrad) dw[k] = S::select(inside, dw[k], zero);
@@ -731,10 +733,37 @@ LATENTX_INLINE bool pixel_runs(const GridSampleArgs& a, const scalar_t* grid, co
   return true;
 }
 
-// Output rows [begin, end) of [N * Ho].
+// Output row `row` of a sample whose input holds a NaN or an infinity: every tap of each
+// pixel's window (zero weights included) reads its pixel, as F.grid_sample and the reference
+// do (grid_sample_window), so such values reach every output whose window holds them. The fast
+// path skips taps of weight 0 (0 * v is 0 for finite v) and runs only on finite samples.
+template <typename scalar_t, typename T>
+void forward_row_all_taps(const GridSampleArgs& a, const scalar_t* grid, const T* sx,
+                          const T* sy, int64_t row, const scalar_t* plane, scalar_t* dst_row) {
+  const int64_t c = a.input.size(1), h = a.input.size(2), w = a.input.size(3);
+  const int64_t ho = a.grid.size(1), wo = a.grid.size(2), plane_out = ho * wo;
+  const T cap = T(std::max(h, w));
+  for (int64_t col = 0; col < wo; ++col) {
+    const int64_t p = row * wo + col;
+    scalar_t* dst = dst_row + col;
+    const T ix = grid_unnormalize(static_cast<T>(grid[2 * p]), w, a.align_corners);
+    const T iy = grid_unnormalize(static_cast<T>(grid[2 * p + 1]), h, a.align_corners);
+    if (!(grid_finite(ix) && grid_finite(iy))) {  // undefined location: 0
+      for (int64_t ch = 0; ch < c; ++ch) dst[ch * plane_out] = scalar_t(0);
+      continue;
+    }
+    const GridAxis<T> ax = grid_axis(ix, sx[col], w, cap, a.padding, a.align_corners, a.filter);
+    const GridAxis<T> ay = grid_axis(iy, sy[col], h, cap, a.padding, a.align_corners, a.filter);
+    for (int64_t ch = 0; ch < c; ++ch)
+      dst[ch * plane_out] = static_cast<scalar_t>(
+          grid_sample_window(ax, ay, plane + ch * h * w, h, w, a.padding, a.align_corners));
+  }
+}
+
+// Output rows [begin, end) of [N * Ho]; finite[s]: sample s's input is finite.
 template <typename scalar_t>
-LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o, int64_t begin,
-                                           int64_t end) {
+LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o, const bool* finite,
+                                           int64_t begin, int64_t end) {
   using T = at::opmath_type<scalar_t>;
   const int64_t c = a.input.size(1), h = a.input.size(2), w = a.input.size(3);
   const int64_t ho = a.grid.size(1), wo = a.grid.size(2), plane_out = ho * wo;
@@ -749,6 +778,10 @@ LATENTX_CPU_MULTIVERSION void forward_rows(const GridSampleArgs& a, scalar_t* o,
     const int64_t s = row / ho, r = row % ho;
     const scalar_t* plane = in + s * c * h * w;
     row_stretch(a, grid, stretch, row, sx.data(), sy.data());
+    if (!finite[s]) {
+      forward_row_all_taps(a, grid, sx.data(), sy.data(), row, plane, o + s * c * plane_out + r * wo);
+      continue;
+    }
     plan_row<false>(a, grid, sx.data(), sy.data(), row, plan);
     for (int64_t col = 0; col < wo; ++col) {
       const int64_t p = row * wo + col;  // pixel index in [N, Ho, Wo]
@@ -784,10 +817,17 @@ void forward_impl(const GridSampleArgs& a, at::Tensor& out) {
   const int64_t n = a.input.size(0), c = a.input.size(1);
   const int64_t ho = a.grid.size(1), wo = a.grid.size(2);
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
+  // Which samples' inputs are finite, from one reduction (no copy of the input): a sum is
+  // finite where every value is, or where it overflows (then the slower all-taps path runs,
+  // with the same result).
+  const at::Tensor finite =
+      a.input.view({n, -1}).sum(1, /*keepdim=*/false, at::toOpMathType(a.input.scalar_type()))
+          .isfinite().contiguous();
+  const bool* fin = finite.const_data_ptr<bool>();
   // Chunks of at least ~kGrainValues output values: small calls stay on one thread.
   const int64_t grain = std::max<int64_t>(1, kGrainValues / std::max<int64_t>(1, wo * c));
   at::parallel_for(0, n * ho, grain,
-                   [&](int64_t begin, int64_t end) { forward_rows<scalar_t>(a, o, begin, end); });
+                   [&](int64_t begin, int64_t end) { forward_rows<scalar_t>(a, o, fin, begin, end); });
 }
 
 // Backward of one pixel, every channel, x as a window of NB * kLanes pixels, y as the rows

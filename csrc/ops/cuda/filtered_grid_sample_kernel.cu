@@ -67,22 +67,8 @@ __global__ void forward_kernel(Shape sh,
     }
     for (int64_t ch = 0; ch < sh.c; ++ch) {
       const scalar_t* plane = input + (s * sh.c + ch) * sh.h * sh.w;
-      T acc = T(0);
-      for (int64_t j = 0; j < ay.count; ++j) {
-        T unused;
-        const T wy = grid_tap_weight(ay, j, unused) * ay.inv_norm;
-        const int64_t yi = grid_pad_index(ay.first + j, sh.h, sh.padding, sh.align_corners);
-        if (wy == T(0) || yi < 0) continue;
-        const scalar_t* line = plane + yi * sh.w;
-        T racc = T(0);
-        for (int64_t i = 0; i < ax.count; ++i) {
-          const T wx = grid_tap_weight(ax, i, unused) * ax.inv_norm;
-          const int64_t xi = grid_pad_index(ax.first + i, sh.w, sh.padding, sh.align_corners);
-          if (wx == T(0) || xi < 0) continue;
-          racc += wx * static_cast<T>(line[xi]);
-        }
-        acc += wy * racc;
-      }
+      // Every tap of the window, zero weights included (NaN / inf propagate as in grid_sample).
+      const T acc = grid_sample_window(ax, ay, plane, sh.h, sh.w, sh.padding, sh.align_corners);
       dst[ch * plane_out] = static_cast<scalar_t>(acc);
     }
   }
