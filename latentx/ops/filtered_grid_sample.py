@@ -60,8 +60,9 @@ def filtered_grid_sample(
     / ±inf input pixel reaches every output whose window reads it — the taps
     ⌊coord⌋ − ⌈r⌉ + 1 … ⌊coord⌋ + ⌈r⌉ of each axis (r the filter's support radius) multiply
     their pixels whatever their weight, so bilinear sampling with zero padding propagates them
-    exactly as F.grid_sample's 4 taps (0 · NaN = NaN); the grid's gradient there is not
-    finite. C, Ho or Wo = 0 give an empty result (H, W ≥ 1 required); float16 / bfloat16 are
+    exactly as F.grid_sample's 4 taps (0 · NaN = NaN); the input's gradient is g · w as
+    always, the grid's at such outputs is unspecified (the native backward skips taps
+    with neither weight nor slope; not compared with the reference). C, Ho or Wo = 0 give an empty result (H, W ≥ 1 required); float16 / bfloat16 are
     computed in float32; any strides and expanded inputs are accepted.
 
     Differentiable w.r.t. input and grid; the footprint (stretch) is held constant. The native
