@@ -85,7 +85,7 @@ from tqdm.auto import tqdm
 
 __all__ = [
     "SampleBank", "sample_bank", "Boundaries", "interfacegan_boundaries", "conditional_boundary",
-    "linear_edit", "Directions", "ganspace_directions", "choose_components", "AuxiliaryMapping",
+    "linear_edit", "interfacegan_training_sets", "Directions", "ganspace_directions", "choose_components", "AuxiliaryMapping",
     "train_mapping", "EditResult", "sgf", "conjugate_gradient", "linear_path", "MDSResult", "mds", "bank_latents",
     "fit_linear_svms", "surrogate_field", "mds_area",
 ]
@@ -380,8 +380,8 @@ def fit_linear_svms(x: Tensor, y: Tensor, *, C: float = 1.0, loss: str = "hinge"
         g = torch.where(lin, -torch.ones_like(m), torch.where(quad, -(1 + h - m) / (2 * h), torch.zeros_like(m)))
         return v, g, quad.to(dtype) / (2 * h)
 
-    def objective(th: Tensor, h: float) -> Tensor:
-        m = yy * torch.einsum("ptd,pd->pt", xt, th)
+    def objective(th: Tensor, m: Tensor, h: float) -> Tensor:
+        """The primal objective at θ [P, d+1] whose margins y·(x·θ) are m [P, T]."""
         return 0.5 * (reg * th * th).sum(-1) + C * loss_terms(m, h)[0].sum(-1)
 
     widths = [0.0] if loss == "squared_hinge" else [0.5, 0.1, 0.02, 0.005, 1e-3]
@@ -390,13 +390,15 @@ def fit_linear_svms(x: Tensor, y: Tensor, *, C: float = 1.0, loss: str = "hinge"
             m = yy * torch.einsum("ptd,pd->pt", xt, theta)
             _, g1, g2 = loss_terms(m, h)
             grad = reg * theta + C * torch.einsum("pt,ptd->pd", g1 * yy, xt)
-            hess = torch.diag_embed(reg + ridge) + C * torch.einsum("pt,ptd,pte->pde", g2, xt, xt)
+            hess = torch.diag_embed(reg + ridge) + C * torch.bmm((xt * g2[..., None]).transpose(1, 2), xt)
             step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
-            f0 = objective(theta, h)
+            f0 = objective(theta, m, h)
             slope = (grad * step).sum(-1)
+            # Margins are linear along the step: each backtracking trial costs no product with x.
+            dm = yy * torch.einsum("ptd,pd->pt", xt, step)
             lr = torch.ones(p, dtype=dtype, device=x.device)
             for _ in range(40):
-                ok = objective(theta - lr[:, None] * step, h) <= f0 - 1e-4 * lr * slope
+                ok = objective(theta - lr[:, None] * step, m - lr[:, None] * dm, h) <= f0 - 1e-4 * lr * slope
                 if bool(ok.all()):
                     break
                 lr = torch.where(ok, lr, lr / 2)
@@ -413,16 +415,17 @@ def _chosen_count(n: int, ratio: float) -> int:
     return min(k, n // 2)
 
 
-def interfacegan_boundaries(bank: SampleBank, attributes: Optional[Sequence[str]] = None, *, ratio: float = 0.02,
-                            train_fraction: float = 0.7, C: float = 1.0, seed: int = 0, device=None,
-                            loss: str = "hinge") -> Boundaries:
-    """One linear SVM per attribute on the bank's extremes (InterFaceGAN ``train_boundary``).
+def interfacegan_training_sets(bank: SampleBank, attributes: Optional[Sequence[str]] = None, *,
+                               ratio: float = 0.02, train_fraction: float = 0.7, seed: int = 0):
+    """InterFaceGAN's training and held-out sets (``train_boundary``'s selection), per attribute.
 
     For attribute j: sort the bank by c_j; the top and the bottom k = ⌊n·ratio⌋ latents
-    (``ratio`` > 1 is a count) are positives and negatives; each side is shuffled (seeded per attribute) and
-    its first ⌊k·train_fraction⌋ train, the rest give the held-out accuracy. The boundary is
-    the SVM's unit normal w/‖w‖ (positive side = high c_j). All attributes' SVMs are solved
-    together by :func:`fit_linear_svms` on ``device`` (default CPU).
+    (``ratio`` > 1 is a count) are positives (+1) and negatives (−1); each side is shuffled
+    (seeded by (seed, j), so a subset of attributes gets the same sets) and its first
+    ⌊k·train_fraction⌋ train, the rest are held out.
+
+    Returns (names, x_train [P, T, d], y_train [P, T], x_held [P, V, d], y_held [P, V]) for the
+    P attributes, T = 2⌊k·train_fraction⌋, V = 2k − T.
     """
     if not isinstance(bank, SampleBank):
         raise ValueError(f"bank must be a SampleBank, got {type(bank).__name__}")
@@ -432,35 +435,46 @@ def interfacegan_boundaries(bank: SampleBank, attributes: Optional[Sequence[str]
     if not names:
         raise ValueError("attributes must name at least one attribute")
     cols = [_index(bank.names, a, "attributes") for a in names]
-    n, d = bank.z.shape
+    n = bank.z.shape[0]
     k = _chosen_count(n, ratio)
     k_train = int(k * train_fraction)
     if k_train < 1:
         raise ValueError(f"ratio={ratio} of n={n} latents leaves {k} per side and {k_train} for training; "
                          "use a larger bank or ratio")
-    device = torch.device("cpu") if device is None else torch.device(device)
-    xs_tr, ys_tr, xs_va, ys_va = [], [], [], []
+    labels = lambda m: torch.cat([torch.ones(m), -torch.ones(m)])  # noqa: E731
+    xs_tr, xs_va = [], []
     for j in cols:
-        # each attribute's shuffle is seeded by (seed, its column): a subset gives the same SVMs
         gen = torch.Generator().manual_seed(_block_seed(seed, j))
         order = torch.argsort(bank.attributes[:, j], descending=True, stable=True)
         pos = order[:k][torch.randperm(k, generator=gen)]
         neg = order[n - k:][torch.randperm(k, generator=gen)]
-        tr = torch.cat([pos[:k_train], neg[:k_train]])
-        va = torch.cat([pos[k_train:], neg[k_train:]])
-        xs_tr.append(bank.z[tr])
-        ys_tr.append(torch.cat([torch.ones(k_train), -torch.ones(k_train)]))
-        xs_va.append(bank.z[va])
-        ys_va.append(torch.cat([torch.ones(k - k_train), -torch.ones(k - k_train)]))
-    w, b = fit_linear_svms(torch.stack(xs_tr).to(device), torch.stack(ys_tr).to(device), C=C, loss=loss)
+        xs_tr.append(bank.z[torch.cat([pos[:k_train], neg[:k_train]])])
+        xs_va.append(bank.z[torch.cat([pos[k_train:], neg[k_train:]])])
+    p = len(cols)
+    return (names, torch.stack(xs_tr), labels(k_train).expand(p, -1), torch.stack(xs_va),
+            labels(k - k_train).expand(p, -1))
+
+
+def interfacegan_boundaries(bank: SampleBank, attributes: Optional[Sequence[str]] = None, *, ratio: float = 0.02,
+                            train_fraction: float = 0.7, C: float = 1.0, seed: int = 0, device=None,
+                            loss: str = "hinge") -> Boundaries:
+    """One linear SVM per attribute on the bank's extremes (InterFaceGAN ``train_boundary``).
+
+    The sets are :func:`interfacegan_training_sets`'; the boundary is the SVM's unit normal
+    w/‖w‖ (positive side = high c_j), its accuracy the held-out one. All attributes' SVMs are
+    solved together by :func:`fit_linear_svms` on ``device`` (default CPU).
+    """
+    names, x_tr, y_tr, x_va, y_va = interfacegan_training_sets(bank, attributes, ratio=ratio,
+                                                               train_fraction=train_fraction, seed=seed)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    w, b = fit_linear_svms(x_tr.to(device), y_tr.to(device), C=C, loss=loss)
     w, b = w.float().cpu(), b.float().cpu()
     norm = w.norm(dim=1).clamp_min(1e-12)
-    xv, yv = torch.stack(xs_va), torch.stack(ys_va)
-    if xv.shape[1]:
-        pred = torch.where(torch.einsum("ptd,pd->pt", xv, w) + b[:, None] >= 0, 1.0, -1.0)
-        acc = (pred == yv).float().mean(1)
+    if x_va.shape[1]:
+        pred = torch.where(torch.einsum("ptd,pd->pt", x_va, w) + b[:, None] >= 0, 1.0, -1.0)
+        acc = (pred == y_va).float().mean(1)
     else:
-        acc = torch.full((len(cols),), float("nan"))
+        acc = torch.full((len(names),), float("nan"))
     return Boundaries(w / norm[:, None], names, acc, b / norm)
 
 
