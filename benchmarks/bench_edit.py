@@ -60,12 +60,12 @@ def public_sgf_step(G, phi, mapping, z: torch.Tensor, delta_c: torch.Tensor) -> 
 
 
 def run(device: torch.device, quick: bool, repeats: int) -> list[dict]:
-    n, steps, public_n = (500, 3, 4) if quick else (10_000, 5, 20)
-    bank_size = 2_000 if quick else 20_000
+    n, steps, public_n = (256, 2, 2) if quick else (10_000, 3, 20)
+    bank_size = 1_000 if quick else 20_000
     G, phi, bank, mapping = _setting(device, bank_size)
     z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(1)).to(device)
     targets = _targets(n, device)
-    chunk = 500
+    chunk = min(500, n)
     rows = []
 
     # --- the split of one step: G, Φ, F, and what is left (the loop) ---------------------

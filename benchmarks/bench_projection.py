@@ -34,7 +34,7 @@ instead of batched tensors; one image per call. Where it differs from
 pix2latent's code, on purpose, so that both compute the same loss:
   * the masked L1 is divided by C·Σm (latentx's SPEC C1), not Σm;
   * the mask weights each LPIPS layer's spatial mean at that layer's resolution (seed 003
-    eq. 7, as latentx), instead of pix2latent's mask on the ``spatial=True`` map upsampled
+    eq. 7, resized by area as latentx does), instead of pix2latent's mask on the ``spatial=True`` map upsampled
     to the input: the lpips package's own modules (``scaling_layer``, ``net``,
     ``normalize_tensor``, ``lins``) run as its ``forward`` runs them, with the mask in the
     spatial mean; the cost is that of ``lpips.LPIPS.forward``;
@@ -94,6 +94,7 @@ from latentx import models
 from latentx.benchmarks.bench_lpips import _lpips_package
 from latentx.benchmarks.timing import assert_agree, format_table, synchronize
 from latentx.project_cli import ASTRONAUT_FACE_BOX, PAPER_BUDGET, array_to_tensor, crop_transform
+from latentx.lpips import resize_mask
 from latentx.projection import default_lpips, invert_images, masked_losses, masks_from_boxes, \
     project, transform_images
 from latentx.transforms import SpatialTransform
@@ -156,14 +157,15 @@ def lpips_package_module(device: torch.device):
 def masked_lpips(lp, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     """[N] masked LPIPS with the lpips package's modules, both inputs through the backbone on
     every call (as ``lpips.LPIPS.forward``); each layer's spatial mean weighted by the mask
-    resized to the layer (seed 003 eq. 7). x, y [N, 3, H, W], mask [N, 1, H, W]."""
+    resized to the layer (seed 003 eq. 7) by area, as latentx does (``latentx.lpips.resize_mask``:
+    bilinear resizing loses small masks at deep layers). x, y [N, 3, H, W], mask [N, 1, H, W]."""
     import lpips
 
     f0, f1 = lp.net.forward(lp.scaling_layer(x)), lp.net.forward(lp.scaling_layer(y))
     total = 0
     for k in range(lp.L):
         d = lp.lins[k]((lpips.normalize_tensor(f0[k]) - lpips.normalize_tensor(f1[k])) ** 2)
-        m = F.interpolate(mask, size=d.shape[2:], mode="bilinear", align_corners=False)
+        m = resize_mask(mask, d.shape[2:])
         total = total + (d * m).sum((1, 2, 3)) / m.sum((1, 2, 3))
     return total
 

@@ -1,4 +1,4 @@
-"""Run the latentx microbenchmarks and print one table (``latentx bench``)."""
+"""Run the latentx microbenchmarks and print a table per family (``latentx bench``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from latentx import _threads
 from latentx.benchmarks import (
     bench_advlat,
     bench_cma,
+    bench_edit,
     bench_grid_sample,
     bench_ifgsm_step,
     bench_lpips,
@@ -30,6 +31,7 @@ BENCHMARKS = {
     "grid_sample": bench_grid_sample,
     "advlat": bench_advlat,
     "projection": bench_projection,
+    "edit": bench_edit,
 }
 
 
@@ -66,8 +68,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"backend: {info['impl']} ({info['reason']})")
     rows = []
     for name in args.only or BENCHMARKS:
-        rows += BENCHMARKS[name].run(device, args.quick, repeats=3 if args.quick else args.repeats)
-    print(format_table(rows))
+        family = BENCHMARKS[name].run(device, args.quick, repeats=3 if args.quick else args.repeats)
+        # One table per family, with only the columns its rows have (--json keeps every row).
+        print(f"\n## {name}\n\n{format_table(family)}", flush=True)
+        rows += family
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"backend": info, "device": str(device), "rows": rows}, f, indent=2)

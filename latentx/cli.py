@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
-        help="run the microbenchmarks and print one table",
+        help="run the microbenchmarks and print a table per family",
         description="Run the microbenchmarks (reference vs native, with the ratio). "
         "Options after `bench` go to the runner: --device, --quick, --repeats, --only, --json.",
         add_help=False,
