@@ -19,6 +19,7 @@ wgan            s_fake − s_real  (+ :func:`gradient_penalty`) −s_fake
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -124,9 +125,12 @@ def mode_seeking_loss(x1: Tensor, x2: Tensor, z1: Tensor, z2: Tensor, eps: float
 
     Eq. 3 is to be maximised; MSGAN's code minimises its reciprocal with a positive λ_ms,
     which stays bounded where the ratio grows. Distances are averaged over the batch before
-    the ratio, as there.
+    the ratio, as there. ``eps`` > 0 bounds the loss where the two generations coincide.
     """
     if x1.shape != x2.shape or z1.shape != z2.shape:
         raise ValueError("x1/x2 and z1/z2 must have matching shapes")
+    # Written as not (in range) so that NaN fails too; eps <= 0 lets the loss reach ±inf.
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < math.inf):
+        raise ValueError(f"mode_seeking_loss: eps must be a positive finite number, got {eps!r}")
     ratio = (x1 - x2).abs().mean() / (z1 - z2).abs().mean()
     return 1.0 / (ratio + eps)

@@ -160,6 +160,37 @@ def _lpips_weights_path(net: str, version: str) -> str:
     return os.path.join(os.path.dirname(spec.origin), "weights", f"v{version}", f"{net}.pth")
 
 
+def _min_input_size(net: nn.Module) -> int:
+    """The smallest square input side for which every convolution and pooling of ``net`` has
+    an output (31 for AlexNet, 16 for VGG16, 17 for SqueezeNet 1.1): a smaller image would stop
+    deep inside with a RuntimeError from the backbone."""
+    layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.MaxPool2d))]
+
+    def pair(v):
+        return v if isinstance(v, tuple) else (v, v)
+
+    def fits(side: int) -> bool:
+        h = side
+        for m in layers:
+            (k, _), (s, _), (p, _), (d, _) = (pair(m.kernel_size), pair(m.stride), pair(m.padding),
+                                              pair(m.dilation))
+            span = h + 2 * p - d * (k - 1) - 1
+            if isinstance(m, nn.Conv2d) and span < 0:
+                return False
+            # PyTorch's pooling_output_shape: a ceil-mode window may overhang the input, but a
+            # last window that would start in the right padding is dropped.
+            ceil = isinstance(m, nn.MaxPool2d) and m.ceil_mode
+            out = (span + (s - 1 if ceil else 0)) // s + 1
+            if ceil and (out - 1) * s >= h + p:
+                out -= 1
+            if out < 1:
+                return False
+            h = out
+        return True
+
+    return next(side for side in range(1, 4097) if fits(side))
+
+
 class ScalingLayer(nn.Module):
     """lpips' input scaling: (x − shift) / scale, with ImageNet-like constants for [−1, 1]."""
 
@@ -257,6 +288,12 @@ class LPIPS(nn.Module):
                 setattr(self, f"lin{k}", NetLinLayer(channels, use_dropout))
             self.lins = nn.ModuleList([getattr(self, f"lin{k}") for k in range(self.L)])
             if pretrained:
+                if model_path is not None and not os.path.isfile(model_path):
+                    raise FileNotFoundError(
+                        f"LPIPS: model_path {model_path!r} is not a file. Pass the path of a file of "
+                        f"lin0..lin{self.L - 1} weights (as lpips ships in lpips/weights/v{version}/"
+                        f"{self.pnet_type}.pth), or leave model_path=None to use the installed lpips "
+                        "package's weights.")
                 path = model_path or _lpips_weights_path(self.pnet_type, version)
                 if verbose:
                     print(f"LPIPS: loading linear weights from {path}")
@@ -266,6 +303,7 @@ class LPIPS(nn.Module):
             self.lins.requires_grad_(False)
         if eval_mode:
             self.eval()
+        self.min_size = _min_input_size(self.net)
 
     def _load_backbone(self, backbone_path: Optional[str], verbose: bool) -> None:
         candidates = [backbone_path] if backbone_path else backbone_checkpoint_paths(self.pnet_type)
@@ -349,16 +387,23 @@ class LPIPS(nn.Module):
         mask: Optional[Tensor] = None,
     ) -> Union[Tensor, tuple[Tensor, list[Tensor]]]:
         """LPIPS between ``in0`` [N, 3, H, W] and ``in1`` [N or 1, 3, H, W], as lpips.LPIPS."""
+        # Checked before in1 is encoded: a mismatch or a too-small image would otherwise stop
+        # inside the backbone.
+        if isinstance(in0, Tensor) and isinstance(in1, Tensor) and in0.dim() == 4 and in1.dim() == 4:
+            if in0.shape[2:] != in1.shape[2:] or in1.shape[0] not in (1, in0.shape[0]):
+                raise ValueError(f"LPIPS: in0 {list(in0.shape)} and in1 {list(in1.shape)} must have the "
+                                 "same size (H, W), and in1 one image or in0's batch size")
+            self._check_size("in1", in1)
         return self.distance(in0, self.encode(in1, normalize), mask=mask, normalize=normalize,
                              retPerLayer=retPerLayer)
 
     # --- argument checks ----------------------------------------------------------------------
 
-    @staticmethod
-    def _check_images(name: str, images: Tensor, normalize: bool) -> Tensor:
+    def _check_images(self, name: str, images: Tensor, normalize: bool) -> Tensor:
         if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
             shape = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"LPIPS: {name} must be [N, 3, H, W] images, got {shape}")
+        self._check_size(name, images)
         if not images.is_floating_point():
             raise TypeError(f"LPIPS: {name} must be a floating tensor, got {images.dtype}")
         if normalize:
@@ -370,6 +415,12 @@ class LPIPS(nn.Module):
                               "outside [-1, 1]; pass normalize=True for [0, 1] images",
                               stacklevel=4)
         return images
+
+    def _check_size(self, name: str, images: Tensor) -> None:
+        if min(images.shape[2:]) < self.min_size:
+            raise ValueError(f"LPIPS: {name} is {images.shape[2]}×{images.shape[3]}, smaller than the "
+                             f"{self.min_size}×{self.min_size} the {self.pnet_type} backbone needs "
+                             "(upsample the images, or use another net)")
 
     @staticmethod
     def _check_mask(mask: Tensor, n: int, size: Sequence[int], like: Tensor) -> Tensor:

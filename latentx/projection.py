@@ -463,6 +463,20 @@ def _check_images(images: Any, gen_size: Sequence[int]) -> Tensor:
     return images.clamp(-1, 1)
 
 
+def _check_lpips_size(who: str, lp: LPIPS, photo_size: Sequence[int], gen_size: Sequence[int], beta: float) -> None:
+    # LPIPS sees the photo always (the photo-frame loss) and the generator's frame when β > 0;
+    # an image below its backbone's smallest input would stop inside the backbone mid-run.
+    side = getattr(lp, "min_size", 0)
+    net = getattr(lp, "pnet_type", "?")
+    if beta > 0 and min(gen_size) < side:
+        raise ValueError(f"{who}: the generator's {gen_size[0]}×{gen_size[1]} output is smaller than the "
+                         f"{side}×{side} that LPIPS ({net}) needs in its frame; pass beta=0, or "
+                         "perceptual= an LPIPS with another net")
+    if min(photo_size) < side:
+        raise ValueError(f"{who}: images are {photo_size[0]}×{photo_size[1]}, smaller than the {side}×{side} "
+                         f"that LPIPS ({net}) needs; upsample them, or pass perceptual= an LPIPS with another net")
+
+
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"project: {name} must be an integer >= {minimum}, got {value!r}")
@@ -623,6 +637,7 @@ def project(
     else:
         lp, perceptual_desc = perceptual, getattr(perceptual, "description", "user-supplied LPIPS")
     lp = lp.to(device=device, dtype=dtype)
+    _check_lpips_size("project", lp, (H, W), gen_size, float(beta))
 
     # budget (progress units: one generator evaluation step)
     if method == "adam":
@@ -954,6 +969,7 @@ def finetune(
     else:
         lp = perceptual
     lp = lp.to(device=device, dtype=dtype)
+    _check_lpips_size("finetune", lp, (H, W), tuned.resolution, beta)
 
     # θ: the copy's floating-point parameters, made trainable again (the adapter froze them).
     # eval() on the whole copy freezes batch-norm running statistics (and disables dropout):

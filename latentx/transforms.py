@@ -24,6 +24,7 @@ spatial part only.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -40,6 +41,10 @@ def _per_sample(params: Tensor, n: Optional[int], width: int, name: str) -> Tens
         raise ValueError(f"{name} must be [{width}] or [N, {width}], got shape {list(params.shape)}")
     if n is not None and params.shape[0] not in (1, n):
         raise ValueError(f"{name} holds {params.shape[0]} samples but the batch has {n}")
+    # A NaN / inf row would silently poison its image (and its inverse).
+    finite = params.detach().isfinite().all(1)
+    if not bool(finite.all()):
+        raise ValueError(f"{name} must be finite, got rows {params.detach()[~finite][:3].tolist()}")
     return params if n is None else params.expand(n, width)
 
 
@@ -68,7 +73,11 @@ class SpatialTransform:
         return self.params[:, 2:]
 
     def inverse(self) -> "SpatialTransform":
-        """ψ⁻¹ = [1/s_x, 1/s_y, −t_x/s_x, −t_y/s_y]: T_ψ⁻¹(T_ψ(x)) = x where defined."""
+        """ψ⁻¹ = [1/s_x, 1/s_y, −t_x/s_x, −t_y/s_y]: T_ψ⁻¹(T_ψ(x)) = x where defined. A zero
+        scale (the whole output from one input line) has no inverse: ValueError."""
+        if bool((self.scale.detach() == 0).any()):
+            raise ValueError(f"SpatialTransform.inverse: params scales (s_x, s_y) must be non-zero, got "
+                             f"{self.scale.detach()[(self.scale.detach() == 0).any(1)][:3].tolist()}")
         return SpatialTransform(torch.cat([1 / self.scale, -self.shift / self.scale], dim=1))
 
     def then(self, other: "SpatialTransform") -> "SpatialTransform":
@@ -88,6 +97,9 @@ class SpatialTransform:
               filter: str = "tent", antialias: bool = True, impl: str = "auto") -> Tensor:
         """T_ψ(image): image [N, C, H, W] → [N, C, Ho, Wo] (``size`` = (Ho, Wo), default (H, W)),
         low-pass filtered where it shrinks. ψ holds one row per image, or one for all."""
+        if not isinstance(image, Tensor) or image.dim() != 4:
+            shape = list(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise ValueError(f"SpatialTransform.apply: image must be [N, C, H, W], got {shape}")
         n = image.shape[0]
         theta = _per_sample(self.params, n, 4, "SpatialTransform params")
         theta = SpatialTransform(theta).theta().to(image.dtype)
@@ -98,11 +110,17 @@ class SpatialTransform:
     def apply_mask(self, mask: Tensor, size: Optional[Sequence[int]] = None, **kwargs) -> Tensor:
         """T_ψ(mask) for a mask in [0, 1] [N, 1, H, W]: outside the image counts as not-object
         (zeros padding); antialiased edges stay in [0, 1]."""
+        if not isinstance(mask, Tensor) or mask.dim() != 4:
+            shape = list(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(f"SpatialTransform.apply_mask: mask must be [N, 1, H, W], got {shape}")
         return self.apply(mask, size, padding_mode="zeros", **kwargs)
 
     def valid_region(self, size: Sequence[int]) -> Tensor:
         """[N, 1, Ho, Wo] bool: output pixels whose sampling location lies inside the input
-        (|s·p + t| ≤ 1 on both axes, p the output pixel centre)."""
+        (|s·p + t| ≤ 1 on both axes, p the output pixel centre). ``size`` = (Ho, Wo)."""
+        if (not isinstance(size, Sequence) or len(size) != 2
+                or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0 for v in size)):
+            raise ValueError(f"valid_region: size must be (Ho, Wo), two integers >= 0, got {size!r}")
         ho, wo = size
         xs = (torch.arange(wo, dtype=self.params.dtype, device=self.params.device) * 2 + 1) / wo - 1
         ys = (torch.arange(ho, dtype=self.params.dtype, device=self.params.device) * 2 + 1) / ho - 1
@@ -133,6 +151,10 @@ class SpatialTransform:
         n, _, h, w = mask.shape
         dtype = mask.dtype if mask.dtype.is_floating_point else torch.float32
         gbox = _per_sample(torch.as_tensor(generator_box, dtype=dtype, device=mask.device), n, 4, "generator_box")
+        # An empty box would give an infinite scale.
+        if not bool(((gbox[:, 2] > gbox[:, 0]) & (gbox[:, 3] > gbox[:, 1])).all()):
+            raise ValueError(f"from_boxes: generator_box (x0, y0, x1, y1) needs x1 > x0 and y1 > y0, "
+                             f"got {gbox[:3].tolist()}")
         obj = mask > threshold
         cols, rows = obj.any(dim=2)[:, 0], obj.any(dim=3)[:, 0]  # [N, W], [N, H]
 

@@ -2,8 +2,9 @@
 bad argument, raises ValueError or TypeError whose message names that argument — never a
 crash from deep inside, a hang, or a silent NaN.
 
-Each case is (call, name): ``call()`` must raise ValueError/TypeError with ``name`` in the
-message. NaN / inf inputs are among the cases: they must be refused, not computed through.
+Each case is (call, name): ``call()`` must raise ValueError/TypeError (FileNotFoundError for
+a path that names no file, as everywhere in latentx) with ``name`` in the message. NaN / inf
+inputs are among the cases: they must be refused, not computed through.
 The `latentx edit` command and `latentx.edit` / `latentx.attributes` are not covered yet.
 """
 
@@ -66,6 +67,7 @@ REAL, FAKE = torch.randn(40, 5), torch.randn(30, 5)
 SRC, TGT = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
 REGION = torch.zeros(16, 16)
 REGION[4:12, 4:12] = 1
+LP = latentx.LPIPS(pnet_rand=True, pretrained=False)  # AlexNet: inputs of 31×31 and up
 
 
 def refine(**kw):
@@ -154,13 +156,22 @@ CASES = [
     # --- LPIPS ---
     C(lambda: latentx.LPIPS(net="resnet", pnet_rand=True), "net", id="LPIPS-net"),
     C(lambda: latentx.LPIPS(version="0.2", pnet_rand=True), "version", id="LPIPS-version"),
+    C(lambda: latentx.LPIPS(pnet_rand=True, model_path="no/such/lin.pth"), "model_path", id="LPIPS-model_path-missing"),
+    C(lambda: LP(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 16, 16)), "in1", id="LPIPS-in1-size"),
+    C(lambda: LP(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)), "in1", id="LPIPS-in1-too-small"),
     # --- transforms ---
     C(lambda: transforms.SpatialTransform(torch.ones(3)), "params", id="SpatialTransform-params"),
     C(lambda: transforms.SpatialTransform.identity(3).apply(IMG), "params", id="SpatialTransform-batch"),
     C(lambda: transforms.SpatialTransform.identity(2).apply(IMG, (4,)), "size", id="SpatialTransform-size"),
     C(lambda: transforms.SpatialTransform.identity(2).apply(IMG, padding_mode="wrap"), "padding_mode", id="SpatialTransform-padding"),
+    C(lambda: transforms.SpatialTransform.identity(3).apply(IMG[0]), "image", id="SpatialTransform-image-3d"),
+    C(lambda: transforms.SpatialTransform(torch.tensor([NAN, 1.0, 0.0, 0.0])), "params", id="SpatialTransform-params-nan"),
+    C(lambda: transforms.SpatialTransform(torch.tensor([1.0, 1.0, INF, 0.0])), "params", id="SpatialTransform-params-inf"),
+    C(lambda: transforms.SpatialTransform(torch.tensor([0.0, 1.0, 0.0, 0.0])).inverse(), "params", id="SpatialTransform-inverse-zero-scale"),
+    C(lambda: transforms.SpatialTransform.identity(1).valid_region((4,)), "size", id="SpatialTransform-valid_region-size"),
     C(lambda: transforms.SpatialTransform.from_boxes(torch.ones(2, 1, 8, 8), [0, 0, 1]), "generator_box", id="from_boxes-box"),
     C(lambda: transforms.SpatialTransform.from_boxes(torch.ones(8, 8), [-0.5, -0.5, 0.5, 0.5]), "mask", id="from_boxes-mask"),
+    C(lambda: transforms.SpatialTransform.from_boxes(torch.ones(1, 1, 8, 8), [0, 0, 0, 1]), "generator_box", id="from_boxes-box-empty"),
     C(lambda: transforms.BrightnessTransform(torch.ones(3)).apply(torch.rand(2, 3, 4, 4)), "gamma", id="BrightnessTransform-gamma"),
     # --- models / project ---
     C(lambda: models.Generator(NET, 0), "z_dim", id="Generator-z_dim"),
@@ -170,6 +181,8 @@ CASES = [
     C(lambda: project(method="sgd"), "method", id="project-method"),
     C(lambda: project(images=torch.rand(1, 3, 8, 8)), "images", id="project-images-small"),
     C(lambda: project(images=nan_at(PHOTO)), "images", id="project-images-nan"),
+    C(lambda: project(images=PHOTO[0], beta=0), "images", id="project-images-3d-too-small-for-lpips"),
+    C(lambda: project(), "generator", id="project-generator-too-small-for-lpips"),
     C(lambda: project(seeds=0), "seeds", id="project-seeds"),
     C(lambda: project(seeds=2.5), "seeds", id="project-seeds-float"),
     C(lambda: project(meta_steps=0), "meta_steps", id="project-meta_steps"),
@@ -224,13 +237,14 @@ CASES = [
     C(lambda: losses.generator_loss(torch.zeros(3), "hinge", reduction="avg"), "reduction", id="generator_loss-reduction"),
     C(lambda: losses.discriminator_loss(torch.zeros(3), torch.zeros(4, 2), "hinge"), "fake", id="discriminator_loss-shapes"),
     C(lambda: losses.gradient_penalty(lambda x: x.sum(1), torch.rand(3, 2), torch.rand(4, 2)), "fake", id="gradient_penalty-shapes"),
+    C(lambda: losses.mode_seeking_loss(REAL, REAL, FAKE[:40], FAKE[:40] + 1, eps=-1e-5), "eps", id="mode_seeking_loss-eps-negative"),
     C(lambda: losses.mode_seeking_ratio(torch.zeros(3, 2), torch.zeros(4, 2), torch.zeros(3, 2), torch.zeros(3, 2)), "x2", id="mode_seeking_ratio-shapes"),
 ]
 
 
 @pytest.mark.parametrize("call, name", CASES)
 def test_bad_argument_is_named(call, name):
-    with pytest.raises((ValueError, TypeError)) as info:
+    with pytest.raises((ValueError, TypeError, FileNotFoundError)) as info:
         call()
     assert name in str(info.value), f"the error does not name {name!r}: {info.value}"
 
@@ -314,6 +328,6 @@ def test_sweep_covers_every_public_entry():
                 "BatchedCMAES", "CMAEvolutionStrategy", "LPIPS", "SpatialTransform", "from_boxes",
                 "BrightnessTransform", "Generator", "project", "refine", "hard_pair", "train_step",
                 "poisson_blend", "fid", "density_coverage", "frechet_distance", "extract_features",
-                "discriminator_loss", "generator_loss", "gradient_penalty", "mode_seeking_ratio",
+                "discriminator_loss", "generator_loss", "gradient_penalty", "mode_seeking_ratio", "mode_seeking_loss",
                 "cli-project", "cli-demo", "cli-refine", "cli-bench", "cli-info"}
     assert promised <= ids, sorted(promised - ids)

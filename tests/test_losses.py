@@ -91,3 +91,10 @@ def test_bad_arguments():
         losses.discriminator_loss(REAL, FAKE[:1], "hinge")
     with pytest.raises(ValueError, match="reduction"):
         losses.generator_loss(FAKE, "hinge", reduction="avg")
+
+
+@pytest.mark.parametrize("eps", [-1e-5, 0.0, float("nan"), float("inf"), "0.1", True])
+def test_mode_seeking_loss_refuses_bad_eps(eps):
+    x = torch.zeros(2, 3)  # identical generations: only eps keeps 1 / (ratio + eps) finite
+    with pytest.raises(ValueError, match="eps"):
+        losses.mode_seeking_loss(x, x, torch.zeros(2, 4), torch.ones(2, 4), eps=eps)

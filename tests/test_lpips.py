@@ -149,6 +149,32 @@ def test_bad_input():
         LPIPS(net="resnet", pnet_rand=True)
     with pytest.warns(UserWarning, match=r"outside \[-1, 1\]"):
         model(x * 255, x)
+    # mismatched in0 / in1 are refused before in1 reaches the backbone (a 16×16 in1 would stop
+    # inside AlexNet's pooling)
+    for in1 in (torch.rand(2, 3, 16, 16), torch.rand(3, 3, 64, 64)):
+        with pytest.raises(ValueError, match="in0 .* and in1"):
+            model(x, in1)
+    small = torch.rand(1, 3, 30, 40)
+    with pytest.raises(ValueError, match="in1 is 30×40"):
+        model(small, small)
+    with pytest.raises(ValueError, match="in0 is 30×40"):
+        model.distance(small, model.encode(x[:1]))
+
+
+def test_missing_model_path_names_the_argument(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model_path") as err:
+        LPIPS(pnet_rand=True, model_path=str(tmp_path / "missing.pth"))
+    assert "missing.pth" in str(err.value) and "model_path=None" in str(err.value)
+
+
+@pytest.mark.parametrize("net, side", [("alex", 31), ("vgg", 16), ("squeeze", 17)])
+def test_min_size_is_the_smallest_input_the_backbone_takes(net, side):
+    model = LPIPS(net=net, pnet_rand=True, pretrained=False)
+    assert model.min_size == side
+    with torch.no_grad():
+        model.net(torch.rand(1, 3, side, side))
+        with pytest.raises(RuntimeError):
+            model.net(torch.rand(1, 3, side - 1, side - 1))
 
 
 def test_exported_at_top_level():

@@ -145,6 +145,14 @@ def test_bad_input_gives_clear_errors(gen, lp):
         project(gen, good, **{**kw, "method": "cma", "seeds": 1})
     with pytest.raises(TypeError, match="latentx.models.Generator"):
         project(nn.Identity(), good, **kw)
+    # AlexNet-LPIPS takes 31×31 and up: a 16×16 generator (β > 0) or a 16×16 photo is refused
+    # up front, not by a RuntimeError from inside the backbone mid-run
+    net16 = nn.Sequential(nn.Linear(Z_DIM, 3 * 16 * 16), nn.Unflatten(1, (3, 16, 16)), nn.Tanh())
+    small = models.Generator(net16, Z_DIM)
+    with pytest.raises(ValueError, match="generator's 16×16 output is smaller than the 31×31"):
+        project(small, good, **kw)
+    with pytest.raises(ValueError, match="images are 16×16, smaller than the 31×31"):
+        project(small, torch.zeros(3, 16, 16), **{**kw, "beta": 0})
 
 
 def test_masks_losses_and_transforms():

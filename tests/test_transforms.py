@@ -150,3 +150,31 @@ def test_initial_psi_maps_generator_box_onto_mask_box(keep_aspect):
             assert ((box - gbox).abs() <= 1.5 * pixel).reshape(2, 2).all(0).any()
         else:
             assert ((box - gbox).abs() <= 1.5 * pixel).all(), (box, gbox)
+
+
+def test_bad_arguments_are_named():
+    image = torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="image"):
+        SpatialTransform.identity(2).apply(image[0])  # [C, H, W]: C must not pass for the batch
+    with pytest.raises(ValueError, match="mask"):
+        SpatialTransform.identity(1).apply_mask(torch.ones(1, 8, 8))
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="params must be finite"):
+            SpatialTransform(torch.tensor([1.0, bad, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="params must be finite"):  # also when set after construction
+        psi = SpatialTransform.identity(2)
+        psi.params = psi.params.clone()
+        psi.params[1, 2] = math.nan
+        psi.apply(image)
+    with pytest.raises(ValueError, match="params scales"):
+        SpatialTransform(torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 2.0, 0.1, 0.0]])).inverse()
+    with pytest.raises(ValueError, match="size"):
+        SpatialTransform.identity(1).valid_region((4,))
+    with pytest.raises(ValueError, match="size"):
+        SpatialTransform.identity(1).valid_region((4, -1))
+    with pytest.raises(ValueError, match="generator_box"):
+        SpatialTransform.from_boxes(torch.ones(1, 1, 8, 8), [0.2, -0.5, 0.2, 0.5])  # zero width
+    # a valid transform still inverts and reports its region
+    psi = SpatialTransform(torch.tensor([0.5, 2.0, 0.1, -0.2]))
+    torch.testing.assert_close(psi.inverse().inverse().params, psi.params)
+    assert psi.valid_region((4, 6)).shape == (1, 1, 4, 6)
