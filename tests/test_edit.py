@@ -142,7 +142,7 @@ def test_batched_svm_agrees_with_sklearn():
     w2, _ = edit.fit_linear_svms(x, y, C=1.0, loss="squared_hinge")
     for p in range(3):
         ref = svm.SVC(kernel="linear", C=1.0).fit(x[p].numpy(), y[p].numpy())
-        assert _cos(w[p], torch.as_tensor(ref.coef_[0])) >= 0.99
+        assert _cos(w[p], torch.tensor(ref.coef_[0])) >= 0.99
         assert abs(float(b[p]) - float(ref.intercept_[0])) < 0.05 * (1 + abs(float(ref.intercept_[0])))
         lin = svm.LinearSVC(C=1.0, loss="squared_hinge", intercept_scaling=100.0, max_iter=100000,
                             tol=1e-8).fit(x[p].numpy(), y[p].numpy())
