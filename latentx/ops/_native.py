@@ -88,3 +88,20 @@ def backend(device: str | torch.device = "cpu") -> dict:
     else:
         impl, reason = "reference", f"compiled library has no {device.type} kernels"
     return {"impl": impl, "reason": reason, "device": str(device), **build_info()}
+
+
+def forbid_double_backward(op: str, example: str = "") -> None:
+    """Register autograd for ``latentx::{op}_backward`` that raises when differentiated.
+
+    The native backward ops have no derivative of their own. Under ``create_graph=True`` the
+    gradient carries this node, so differentiating it (a second derivative) fails loudly instead
+    of silently returning a gradient without the second-order term. ``example`` names a use."""
+
+    def _no_double_backward(ctx, *grads):
+        raise RuntimeError(
+            f"{op}: the native op has no double backward (its gradient was taken with "
+            f"create_graph=True and is now differentiated{', e.g. ' + example if example else ''}); "
+            "use impl='reference' (or LATENTX_IMPL=reference), whose autograd has it")
+
+    torch.library.register_autograd(f"latentx::{op}_backward", _no_double_backward,
+                                    setup_context=lambda ctx, inputs, output: None)

@@ -73,13 +73,4 @@ if _native._C is not None:
 
     torch.library.register_autograd("latentx::lpips_head", _backward, setup_context=_setup_context)
 
-    def _no_double_backward(ctx, *grads):
-        raise RuntimeError(
-            "lpips_head: the native op has no double backward (its gradient was taken with "
-            "create_graph=True and is now differentiated, e.g. a gradient penalty through "
-            "LPIPS); use impl='reference' (or LATENTX_IMPL=reference), whose autograd has it")
-
-    # The gradient carries this node under create_graph=True, so differentiating it raises
-    # instead of silently giving a gradient without the second-order term.
-    torch.library.register_autograd("latentx::lpips_head_backward", _no_double_backward,
-                                    setup_context=lambda ctx, inputs, output: None)
+    _native.forbid_double_backward("lpips_head", "a gradient penalty through LPIPS")
