@@ -198,3 +198,37 @@ def test_sample_refuses_bad_sigma_and_D(impl, case):
     kwargs["sqrt_eigvals"] = kwargs["sqrt_eigvals"].clone()
     kwargs["sqrt_eigvals"][0, 0] = 0.0  # a zero eigenvalue is allowed
     ops.cma_sample(**kwargs, impl=impl)
+
+
+# --- issue 13: the covariance kernel's rows per block, and its row limit ------------------------
+
+
+@needs_native
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("shape", [(7, 3, 2), (5, 4, 31), (3, 4, 32), (3, 2, 33), (2, 3, 255),
+                                   (2, 3, 256), (2, 3, 300)], ids=str)
+def test_covariance_update_rows_per_block(device, shape):
+    """The CUDA kernel packs 256 / tpr rows in a block (tpr = d rounded up to a power of two, at
+    most 256): d on both sides of each power of two, and row counts that leave the last block
+    part-full, against the reference."""
+    kwargs = covariance_inputs(*shape, torch.float64, device)
+    expected = ops.cma_covariance_update(**kwargs, c1=0.05, cmu=0.3, impl="reference")
+    got = ops.cma_covariance_update(**kwargs, c1=0.05, cmu=0.3, impl="native")
+    torch.testing.assert_close(got, expected, **TOL[torch.float64])
+
+
+@needs_native
+@pytest.mark.parametrize("in_place", [False, True], ids=["out-of-place", "in-place"])
+def test_covariance_update_refuses_more_rows_than_a_cuda_grid(in_place):
+    """B*d rows go on the CUDA grid's x dimension (at most 2^31 - 1 blocks); every device refuses
+    more, naming cov, before copying anything. Expanded and empty tensors: no memory is used."""
+    f64 = dict(dtype=torch.float64)
+    b, d = 2**30, 2  # B*d = 2^31: one row too many (B alone fits)
+    cov = torch.eye(d, **f64).expand(b, d, d)
+    pc = torch.zeros(1, d, **f64).expand(b, d)
+    y = torch.zeros(b, 0, d, **f64)
+    weights = torch.zeros(0, **f64)
+    decay = torch.ones(1, **f64).expand(b)
+    op = torch.ops.latentx.cma_covariance_update_ if in_place else torch.ops.latentx.cma_covariance_update
+    with pytest.raises(ValueError, match=r"cma_covariance_update: cov has B\*d = 1073741824\*2"):
+        op(cov, pc, y, weights, decay, 0.1, 0.2)

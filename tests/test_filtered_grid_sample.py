@@ -592,3 +592,47 @@ def test_flaky_seed_replayed():
     failing run)."""
     torch.manual_seed(461)
     test_kernels_estimate_the_stretch_as_the_reference("cpu", torch.float32)
+
+
+# --- issue 13: the CUDA input gradient's atomicAdd under deterministic algorithms ------------
+
+
+@pytest.fixture
+def deterministic_mode():
+    """Restores torch's deterministic-algorithms setting after the test."""
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), \
+        torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(was, warn_only=warn_only)
+
+
+@needs_native
+@pytest.mark.needs_cuda
+def test_cuda_input_gradient_honours_deterministic_algorithms(deterministic_mode):
+    """The CUDA backward scatters the input gradient with atomicAdd (run-to-run rounding
+    differences): under torch.use_deterministic_algorithms(True) it raises, naming the kernel;
+    with warn_only it warns and computes; the grid gradient alone (no atomics) is allowed."""
+    x = torch.randn(2, 3, 9, 10, device="cuda", requires_grad=True)
+    grid = warp_grid(2, 5, 6, scale=2.0, dtype=torch.float32, device="cuda").requires_grad_()
+    expected = torch.autograd.grad(ops.filtered_grid_sample(x, grid, impl="reference").sum(), (x, grid))
+    torch.use_deterministic_algorithms(True)
+    out = ops.filtered_grid_sample(x, grid, impl="native")  # the forward has no atomics
+    with pytest.raises(RuntimeError, match="filtered_grid_sample_backward_cuda"):
+        torch.autograd.grad(out.sum(), (x,))
+    (gg,) = torch.autograd.grad(ops.filtered_grid_sample(x.detach(), grid, impl="native").sum(), (grid,))
+    torch.testing.assert_close(gg, expected[1], rtol=1e-4, atol=1e-4)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    with pytest.warns(UserWarning, match="filtered_grid_sample_backward_cuda"):
+        gx, _ = torch.autograd.grad(ops.filtered_grid_sample(x, grid, impl="native").sum(), (x, grid))
+    torch.testing.assert_close(gx, expected[0], rtol=1e-4, atol=1e-4)
+
+
+@needs_native
+def test_cpu_input_gradient_is_allowed_under_deterministic_algorithms(deterministic_mode):
+    """The CPU backward has no atomics: deterministic mode leaves it alone."""
+    x = torch.randn(1, 2, 6, 7, dtype=torch.float64, requires_grad=True)
+    grid = warp_grid(1, 4, 5, scale=2.0)
+    torch.use_deterministic_algorithms(True)
+    (gx,) = torch.autograd.grad(ops.filtered_grid_sample(x, grid, impl="native").sum(), (x,))
+    (want,) = torch.autograd.grad(ops.filtered_grid_sample(x, grid, impl="reference").sum(), (x,))
+    torch.testing.assert_close(gx, want, **TOL[torch.float64])

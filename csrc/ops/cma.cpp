@@ -74,6 +74,12 @@ CmaCovArgs prepare_cma_covariance_update(const at::Tensor& cov, const at::Tensor
     check_shape(op, "weights", weights, cov, "cov", {b, k});
   }
   check_shape(op, "decay", decay, cov, "cov", {b});
+  // The CUDA kernel puts cov's B*d rows on grid.x (limit 2^31 - 1) and indexes rows as
+  // int64; B*d*d is cov.numel(), an int64 by construction, so only the row count can
+  // overflow. Checked on every device (one limit for the op) and before any copy, so an
+  // expanded cov that would not fit in memory is refused rather than materialised.
+  TORCH_CHECK_VALUE(b * d <= kCmaMaxRows, op, ": cov has B*d = ", b, "*", d, " = ", b * d,
+                    " rows; at most 2^31 - 1 are supported (split the batch of instances)");
   CmaCovArgs a;
   a.pc = pc.contiguous();
   a.y = y.contiguous();

@@ -52,6 +52,9 @@ std::tuple<at::Tensor, at::Tensor> cma_sample(const at::Tensor& noise, const at:
   return {x, y};
 }
 
+// Most rows (B*d) of a covariance update: the CUDA launch's grid.x limit.
+constexpr int64_t kCmaMaxRows = (int64_t{1} << 31) - 1;
+
 // cma_covariance_update, checked and laid out contiguously.
 struct CmaCovArgs {
   at::Tensor pc;       // [B, d]

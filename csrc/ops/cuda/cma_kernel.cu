@@ -1,4 +1,20 @@
 // CUDA kernels of the batched CMA-ES ops, on the current stream under a device guard.
+//
+// GPU review (issue 13; compile-checked only, not yet run on a GPU):
+// - sample epilogue: one thread per element of [B, L, d] in a grid-stride loop (int64
+//   indices, at most 65535 blocks of 256), so no thread idles at small d; per element it
+//   reads y and mean / sigma (cached broadcasts) and writes x (and y when bounded): 8-12
+//   bytes in float32. Reads and writes are coalesced; no vector loads (d is often odd).
+//   Its cost is small next to the batched GEMM before it (ATen's bmm).
+// - covariance update: was one block of 256 threads per row (b, i) of C, threads striding
+//   along j; at d = 5 (the transform search) 251 of 256 threads idled and the row count went
+//   to grid.x unchecked. Now a block holds 256 / tpr rows, tpr = d rounded up to a power
+//   of two (at most 256): d = 5 uses 8 threads a row (5 of 8 busy), d >= 256 one row a
+//   block as before. A warp spanning several rows still reads and writes one contiguous run
+//   of C. B*d <= 2^31 - 1 is checked (naming cov) in the shared host code (cma.cpp); B*d*d
+//   is cov.numel(), int64 by construction, and the kernels index in int64.
+//   Bytes per update: C read and written once (2 B d^2 * sizeof) plus y, wy (2 B k d) and
+//   pc; FLOPs: 2 B d^2 (k + 2).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -47,39 +63,49 @@ void cma_sample_epilogue_cuda(const CmaSampleArgs& a, at::Tensor& x, at::Tensor&
   });
 }
 
-// One block per row (b, i) of C, its threads striding along j: each element is read once,
-// gets c1 pc_i pc_j + sum_k wy_ki y_kj, and is written once. Reads of y are coalesced and
-// wy_ki is a broadcast.
+// Rows (b, i) of C, kRowsPerBlock = blockDim.x / tpr of them per block, tpr threads each
+// striding along j: each element is read once, gets c1 pc_i pc_j + sum_k wy_ki y_kj, and is
+// written once. Reads of y are coalesced and wy_ki is a broadcast.
 template <typename T>
-__global__ void covariance_kernel(int64_t b, int64_t d, int64_t k,
+__global__ void covariance_kernel(int64_t rows, int64_t d, int64_t k, int tpr,
                                   T* cov,          // [B, d, d]
                                   const T* pc,     // [B, d]
                                   const T* y,      // [B, k, d]
                                   const T* wy,     // [B, k, d]
                                   const T* decay,  // [B]
                                   T c1) {
-  const int64_t row = blockIdx.x;  // b * d + i
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / tpr) + threadIdx.x / tpr;
+  if (row >= rows) return;  // b * d + i
   const int64_t inst = row / d, i = row % d;
   const T* pcb = pc + inst * d;
   const T* yb = y + inst * k * d;
   const T* wyb = wy + inst * k * d;
   const T p = c1 * pcb[i];
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-    T acc = decay[inst] * cov[row * d + j] + p * pcb[j];
+  const T a = decay[inst];
+  for (int64_t j = threadIdx.x % tpr; j < d; j += tpr) {
+    T acc = a * cov[row * d + j] + p * pcb[j];
     for (int64_t m = 0; m < k; ++m) acc += wyb[m * d + i] * yb[m * d + j];
     cov[row * d + j] = acc;
   }
 }
 
+// Threads per row: d rounded up to a power of two, at most a block.
+int threads_per_row(int64_t d) {
+  int tpr = 1;
+  while (tpr < d && tpr < kThreadsPerBlock) tpr *= 2;
+  return tpr;
+}
+
 void cma_covariance_cuda(const CmaCovArgs& a, at::Tensor& cov) {
   const c10::cuda::CUDAGuard guard(cov.device());
   const int64_t b = cov.size(0), d = cov.size(1), k = a.y.size(1);
-  // Rows go on grid.x, whose limit (2^31 - 1) no [B, d, d] that fits in memory reaches.
-  const auto grid = static_cast<unsigned int>(b * d);
+  const int64_t rows = b * d;  // <= kCmaMaxRows (prepare_cma_covariance_update)
+  const int tpr = threads_per_row(d);
+  const auto grid = static_cast<unsigned int>(ceil_div(rows, kThreadsPerBlock / tpr));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(cov.scalar_type(), "cma_covariance_update_cuda", [&] {
     covariance_kernel<scalar_t><<<grid, kThreadsPerBlock, 0, stream>>>(
-        b, d, k, cov.mutable_data_ptr<scalar_t>(), a.pc.const_data_ptr<scalar_t>(),
+        rows, d, k, tpr, cov.mutable_data_ptr<scalar_t>(), a.pc.const_data_ptr<scalar_t>(),
         a.y.const_data_ptr<scalar_t>(), a.wy.const_data_ptr<scalar_t>(),
         a.decay.const_data_ptr<scalar_t>(), static_cast<scalar_t>(a.c1));
     C10_CUDA_KERNEL_LAUNCH_CHECK();

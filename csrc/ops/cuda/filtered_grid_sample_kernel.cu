@@ -1,7 +1,26 @@
 // CUDA kernels of filtered_grid_sample: one thread per output pixel, looping over channels and
-// taps; tap weights are recomputed in the loops (a few flops, or one exp for the Gaussian)
-// rather than kept in per-thread arrays of unbounded length. The input gradient is scattered
-// with atomicAdd into an opmath (float32 / float64) buffer.
+// taps. The input gradient is scattered with atomicAdd into an opmath (float32 / float64)
+// buffer.
+//
+// GPU review (issue 13; compile-checked only, not yet run on a GPU):
+// - Tap weights were recomputed per channel per tap (a few flops for the tent, an exp for
+//   the Gaussian; C x more weight evaluations than needed). Now, where a pixel's window has
+//   at most kMaxCachedTaps taps per axis (bilinear: 2; tent up to s = 4; Gaussian up to
+//   s ~ 2.7), its weights and padded indices are computed once per pixel into fully
+//   unrolled register arrays (sized 2, 4 or 8 by the window) and reused for every channel;
+//   the arithmetic and its order are unchanged, so results are bit-identical to the
+//   recomputing loop, which stays for wider windows (strong shrinking, where the taps of
+//   one pixel outnumber the channels' reuse anyway).
+// - The input gradient uses atomicAdd: the summation order varies between runs. Under
+//   torch.use_deterministic_algorithms(True) the backward asks for it through
+//   alertNotDeterministic (an error, or a warning with warn_only=True), as torch's own
+//   non-deterministic CUDA kernels do; the grid gradient alone (each thread writes its own
+//   pixel) is deterministic and allowed.
+// - Memory: per output pixel and channel the forward reads count_x * count_y input values
+//   (gathered: neighbouring threads read neighbouring columns for smooth grids, so mostly
+//   coalesced and L1/L2 hits) and writes one; the floor is one read of input and grid and
+//   one write of the output. Writes to out are [N, C, Ho, Wo] with q = pixel index fastest:
+//   coalesced. No vector loads (gathers).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -50,6 +69,118 @@ __device__ __forceinline__ bool pixel_axes(const Shape& sh, int64_t p, const sca
   return true;
 }
 
+// Taps per axis whose weights a thread keeps in registers for all channels (see the header).
+constexpr int kMaxCachedTaps = 8;
+
+// One axis's normalised weights and padded indices for taps 0 .. K-1 (index -1: reads nothing,
+// also past ax.count), as grid_sample_window computes them per channel.
+template <int K, typename T>
+__device__ __forceinline__ void cache_forward_taps(const GridAxis<T>& a, int64_t size,
+                                                   const Shape& sh, T (&wt)[K],
+                                                   int64_t (&idx)[K]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    T unused;
+    const bool in = k < a.count;
+    wt[k] = in ? grid_tap_weight(a, k, unused) * a.inv_norm : T(0);
+    idx[k] = in ? grid_pad_index(a.first + k, size, sh.padding, sh.align_corners) : -1;
+  }
+}
+
+// The forward's channel loop over cached weights: the same sums, in the same order, as
+// grid_sample_window (every tap that reads a pixel, zero weight or not).
+template <int K, typename scalar_t, typename T>
+__device__ __forceinline__ void forward_channels_cached(const Shape& sh, const GridAxis<T>& ax,
+                                                        const GridAxis<T>& ay,
+                                                        const scalar_t* sample,  // [C, H, W]
+                                                        scalar_t* dst,           // [C] at stride plane_out
+                                                        int64_t plane_out) {
+  T wx[K], wy[K];
+  int64_t xi[K], yi[K];
+  cache_forward_taps<K>(ax, sh.w, sh, wx, xi);
+  cache_forward_taps<K>(ay, sh.h, sh, wy, yi);
+  for (int64_t ch = 0; ch < sh.c; ++ch) {
+    const scalar_t* plane = sample + ch * sh.h * sh.w;
+    T acc = T(0);
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      if (yi[j] < 0) continue;
+      const scalar_t* line = plane + yi[j] * sh.w;
+      T racc = T(0);
+#pragma unroll
+      for (int i = 0; i < K; ++i) {
+        if (xi[i] < 0) continue;
+        racc += wx[i] * static_cast<T>(line[xi[i]]);
+      }
+      acc += wy[j] * racc;
+    }
+    dst[ch * plane_out] = static_cast<scalar_t>(acc);
+  }
+}
+
+// One axis's normalised weights, their derivatives and indices for the backward (index -1:
+// the tap is skipped: outside the window, zero padding, or zero weight and slope).
+template <int K, typename T>
+__device__ __forceinline__ void cache_backward_taps(const GridAxis<T>& a, int64_t size,
+                                                    const Shape& sh, T (&wt)[K], T (&dwt)[K],
+                                                    int64_t (&idx)[K]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    wt[k] = dwt[k] = T(0);
+    idx[k] = -1;
+    if (k < a.count) {
+      T dw;
+      const T raw = grid_tap_weight(a, k, dw);
+      const int64_t at = grid_pad_index(a.first + k, size, sh.padding, sh.align_corners);
+      if (!((raw == T(0) && dw == T(0)) || at < 0)) {
+        idx[k] = at;
+        wt[k] = raw * a.inv_norm;
+        dwt[k] = (dw - raw * a.dnorm) * a.inv_norm;
+      }
+    }
+  }
+}
+
+// The backward's channel loop over cached weights: the same sums, in the same order, as the
+// recomputing loop in backward_kernel. Adds this pixel's grid gradient sums to gx, gy.
+template <int K, typename scalar_t, typename T>
+__device__ __forceinline__ void backward_channels_cached(
+    const Shape& sh, const GridAxis<T>& ax, const GridAxis<T>& ay,
+    const scalar_t* sample,   // [C, H, W] of this pixel's sample
+    const scalar_t* grad_px,  // [C] at stride plane_out: this pixel's upstream gradient
+    T* grad_sample,           // [C, H, W] of this sample, or null
+    bool want_grid, int64_t plane_out, T& gx, T& gy) {
+  T wx[K], dx[K], wy[K], dy[K];
+  int64_t xi[K], yi[K];
+  cache_backward_taps<K>(ax, sh.w, sh, wx, dx, xi);
+  cache_backward_taps<K>(ay, sh.h, sh, wy, dy, yi);
+  for (int64_t ch = 0; ch < sh.c; ++ch) {
+    const T g = static_cast<T>(grad_px[ch * plane_out]);
+    const int64_t plane = ch * sh.h * sh.w;
+    T bx = T(0), by = T(0);
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      if (yi[j] < 0) continue;
+      T rw = T(0), rd = T(0);
+#pragma unroll
+      for (int i = 0; i < K; ++i) {
+        if (xi[i] < 0) continue;
+        const int64_t at = plane + yi[j] * sh.w + xi[i];
+        if (want_grid) {
+          const T v = static_cast<T>(sample[at]);
+          rw += wx[i] * v;
+          rd += dx[i] * v;
+        }
+        if (grad_sample) atomicAdd(grad_sample + at, g * wy[j] * wx[i]);
+      }
+      bx += wy[j] * rd;
+      by += dy[j] * rw;
+    }
+    gx += g * bx;
+    gy += g * by;
+  }
+}
+
 template <typename scalar_t, typename T>
 __global__ void forward_kernel(Shape sh,
                                const scalar_t* input,  // [N, C, H, W]
@@ -65,11 +196,21 @@ __global__ void forward_kernel(Shape sh,
       for (int64_t ch = 0; ch < sh.c; ++ch) dst[ch * plane_out] = scalar_t(0);
       continue;
     }
-    for (int64_t ch = 0; ch < sh.c; ++ch) {
-      const scalar_t* plane = input + (s * sh.c + ch) * sh.h * sh.w;
-      // Every tap of the window, zero weights included (NaN / inf propagate as in grid_sample).
-      const T acc = grid_sample_window(ax, ay, plane, sh.h, sh.w, sh.padding, sh.align_corners);
-      dst[ch * plane_out] = static_cast<scalar_t>(acc);
+    const scalar_t* sample = input + s * sh.c * sh.h * sh.w;
+    const int64_t taps = ax.count > ay.count ? ax.count : ay.count;
+    if (taps <= 2) {
+      forward_channels_cached<2>(sh, ax, ay, sample, dst, plane_out);
+    } else if (taps <= 4) {
+      forward_channels_cached<4>(sh, ax, ay, sample, dst, plane_out);
+    } else if (taps <= kMaxCachedTaps) {
+      forward_channels_cached<kMaxCachedTaps>(sh, ax, ay, sample, dst, plane_out);
+    } else {
+      for (int64_t ch = 0; ch < sh.c; ++ch) {
+        const scalar_t* plane = sample + ch * sh.h * sh.w;
+        // Every tap of the window, zero weights included (NaN / inf propagate as in grid_sample).
+        const T acc = grid_sample_window(ax, ay, plane, sh.h, sh.w, sh.padding, sh.align_corners);
+        dst[ch * plane_out] = static_cast<scalar_t>(acc);
+      }
     }
   }
 }
@@ -88,37 +229,55 @@ __global__ void backward_kernel(Shape sh, T scale_x, T scale_y,
     GridAxis<T> ax, ay;
     if (!pixel_axes(sh, p, grid, stretch, ax, ay)) continue;  // output 0: no gradient (zeroed)
     T gx = T(0), gy = T(0);
-    for (int64_t ch = 0; ch < sh.c; ++ch) {
-      const T g = static_cast<T>(grad[(s * sh.c + ch) * plane_out + q]);
-      const int64_t plane = (s * sh.c + ch) * sh.h * sh.w;
-      T bx = T(0), by = T(0);
-      for (int64_t j = 0; j < ay.count; ++j) {
-        T dwy;
-        const T wy_raw = grid_tap_weight(ay, j, dwy);
-        const int64_t yi = grid_pad_index(ay.first + j, sh.h, sh.padding, sh.align_corners);
-        if ((wy_raw == T(0) && dwy == T(0)) || yi < 0) continue;
-        const T wy = wy_raw * ay.inv_norm;
-        const T dy = (dwy - wy_raw * ay.dnorm) * ay.inv_norm;
-        T rw = T(0), rd = T(0);
-        for (int64_t i = 0; i < ax.count; ++i) {
-          T dwx;
-          const T wx_raw = grid_tap_weight(ax, i, dwx);
-          const int64_t xi = grid_pad_index(ax.first + i, sh.w, sh.padding, sh.align_corners);
-          if ((wx_raw == T(0) && dwx == T(0)) || xi < 0) continue;
-          const T wx = wx_raw * ax.inv_norm;
-          const int64_t at = plane + yi * sh.w + xi;
-          if (grad_grid) {
-            const T v = static_cast<T>(input[at]);
-            rw += wx * v;
-            rd += (dwx - wx_raw * ax.dnorm) * ax.inv_norm * v;
-          }
-          if (grad_input) atomicAdd(grad_input + at, g * wy * wx);
-        }
-        bx += wy * rd;
-        by += dy * rw;
+    const int64_t taps = ax.count > ay.count ? ax.count : ay.count;
+    if (taps <= kMaxCachedTaps) {
+      const int64_t in_off = s * sh.c * sh.h * sh.w;
+      const scalar_t* grad_px = grad + s * sh.c * plane_out + q;
+      T* grad_sample = grad_input ? grad_input + in_off : nullptr;
+      const bool want_grid = grad_grid != nullptr;
+      if (taps <= 2) {
+        backward_channels_cached<2>(sh, ax, ay, input + in_off, grad_px, grad_sample, want_grid,
+                                    plane_out, gx, gy);
+      } else if (taps <= 4) {
+        backward_channels_cached<4>(sh, ax, ay, input + in_off, grad_px, grad_sample, want_grid,
+                                    plane_out, gx, gy);
+      } else {
+        backward_channels_cached<kMaxCachedTaps>(sh, ax, ay, input + in_off, grad_px, grad_sample,
+                                                 want_grid, plane_out, gx, gy);
       }
-      gx += g * bx;
-      gy += g * by;
+    } else {
+      for (int64_t ch = 0; ch < sh.c; ++ch) {
+        const T g = static_cast<T>(grad[(s * sh.c + ch) * plane_out + q]);
+        const int64_t plane = (s * sh.c + ch) * sh.h * sh.w;
+        T bx = T(0), by = T(0);
+        for (int64_t j = 0; j < ay.count; ++j) {
+          T dwy;
+          const T wy_raw = grid_tap_weight(ay, j, dwy);
+          const int64_t yi = grid_pad_index(ay.first + j, sh.h, sh.padding, sh.align_corners);
+          if ((wy_raw == T(0) && dwy == T(0)) || yi < 0) continue;
+          const T wy = wy_raw * ay.inv_norm;
+          const T dy = (dwy - wy_raw * ay.dnorm) * ay.inv_norm;
+          T rw = T(0), rd = T(0);
+          for (int64_t i = 0; i < ax.count; ++i) {
+            T dwx;
+            const T wx_raw = grid_tap_weight(ax, i, dwx);
+            const int64_t xi = grid_pad_index(ax.first + i, sh.w, sh.padding, sh.align_corners);
+            if ((wx_raw == T(0) && dwx == T(0)) || xi < 0) continue;
+            const T wx = wx_raw * ax.inv_norm;
+            const int64_t at = plane + yi * sh.w + xi;
+            if (grad_grid) {
+              const T v = static_cast<T>(input[at]);
+              rw += wx * v;
+              rd += (dwx - wx_raw * ax.dnorm) * ax.inv_norm * v;
+            }
+            if (grad_input) atomicAdd(grad_input + at, g * wy * wx);
+          }
+          bx += wy * rd;
+          by += dy * rw;
+        }
+        gx += g * bx;
+        gy += g * by;
+      }
     }
     if (grad_grid) {
       grad_grid[2 * p] = static_cast<scalar_t>(gx * scale_x);
@@ -156,6 +315,10 @@ void forward_cuda(const GridSampleArgs& a, at::Tensor& out) {
 
 void backward_cuda(const GridSampleArgs& a, const at::Tensor& grad, at::Tensor& grad_input,
                    at::Tensor& grad_grid) {
+  // atomicAdd into grad_input: the sum's order, hence its rounding, varies between runs.
+  if (grad_input.defined()) {
+    at::globalContext().alertNotDeterministic("filtered_grid_sample_backward_cuda");
+  }
   const c10::cuda::CUDAGuard guard(a.input.device());
   const Shape sh = shape_of(a);
   const auto stream = c10::cuda::getCurrentCUDAStream();

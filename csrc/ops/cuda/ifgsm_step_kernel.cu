@@ -1,5 +1,22 @@
 // CUDA kernel of ifgsm_step: one pass (read z, grad, anchor; write z') on the current
 // stream under a device guard.
+//
+// GPU review (issue 13; compile-checked only, not yet run on a GPU):
+// - Bytes per element: reads z and grad (and the anchor) and writes z': 3 * sizeof(scalar)
+//   (4 with an anchor), i.e. 12 / 16 bytes in float32; per-sample steps / radii are
+//   [rows] and re-read from L1 / L2. These are the floor: each byte is moved once.
+// - Coalescing: one thread per element in a grid-stride loop (int64 index), consecutive
+//   threads on consecutive elements: every access is coalesced. At most 65535 blocks of 256
+//   (16.7 M threads) cover an H200's 132 x 2048 resident threads many times over.
+// - Vector loads: none. For float32 each warp load already fills whole 128-byte lines, so
+//   16-byte vector loads would cut instructions, not bytes; for half / bfloat16 a warp's
+//   load is 64 bytes and vectorising (as ATen's vectorized elementwise loop does) would
+//   likely help. The per-sample variant divides i / inner in int64 per element (tens of
+//   instructions), likely hidden behind the memory time. Neither is wrong: both found, not
+//   changed, until the GPU floor table (benchmarks/gpu_floor.py) says how far from the
+//   floor the kernel runs.
+// - In place (ifgsm_step_), out aliases z: each thread reads its element before writing it,
+//   so the aliasing is safe (no __restrict__ on purpose).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

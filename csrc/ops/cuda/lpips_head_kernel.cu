@@ -1,5 +1,27 @@
 // CUDA kernels of the LPIPS head: one thread per (sample, position); its channel loops read
 // features strided by H*W, so neighbouring threads read neighbouring addresses (coalesced).
+//
+// GPU review (issue 13; compile-checked only, not yet run on a GPU):
+// - Coalescing: a warp's 32 threads read 32 consecutive positions of one channel, one 128-byte
+//   line per load in float32 (64 bytes in half / bfloat16); the weight w[k] is a broadcast
+//   (L1). Writes of d [N, HW] and of g0 / g1 [N, C, HW] are coalesced the same way.
+// - Vector loads: none. A thread walks channels at stride HW, so 16-byte loads would need a
+//   thread to own 4 (float32) or 8 (half) neighbouring positions; for float32 the warp's
+//   128-byte lines already use every byte fetched, so that would save instructions, not
+//   bytes; for half / bfloat16 it would double the bytes per request. Not done: found, not
+//   wrong.
+// - Bytes (the floor counts each once): forward reads f0 and f1 (f1 once per batch when it
+//   is a broadcast target) and writes d: per element of [N, C, HW] 2 * sizeof(scalar), plus
+//   4 bytes per position. The kernel reads each twice (norms, then the weighted difference);
+//   a block's 256 positions x C channels (C = 64: 128 KiB of both features in float32) mostly
+//   re-hit L1 / L2, so DRAM traffic stays near the floor until C x 256 x 8 bytes outgrows
+//   L1 (C >= 256, VGG's deep layers), where the second pass comes from L2. Backward: reads
+//   f0, f1 three times (norms, the dot products, the outputs) and writes g0, g1: a floor of
+//   4 * sizeof(scalar) per element. A one-pass forward from sum a^2, sum w a^2, sum w a b,
+//   sum w b^2 would halve the reads but cancels catastrophically when f0 ~ f1 (the distance
+//   LPIPS exists to measure near 0), so the two passes stay.
+// - FLOPs: ~6 per element forward, ~14 backward: far under the H200's compute rate, so both
+//   kernels are memory-bound and their floor is bytes / copy bandwidth.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
