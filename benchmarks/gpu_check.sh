@@ -40,6 +40,9 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 python=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 MAX_JOBS=16 CMAKE_BUILD_PARALLEL_LEVEL=16
+# torch's CMake config adds -gencode flags from TORCH_CUDA_ARCH_LIST (else the visible GPU's):
+# one architecture, as CMAKE_CUDA_ARCHITECTURES below.
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 command -v nvcc >/dev/null || export PATH="$PATH:/usr/local/cuda/bin"
 
 steps=() secs=() stats=()

@@ -11,6 +11,13 @@
 //   the arithmetic and its order are unchanged, so results are bit-identical to the
 //   recomputing loop, which stays for wider windows (strong shrinking, where the taps of
 //   one pixel outnumber the channels' reuse anyway).
+//   Cost (ptxas -v, sm_90, nvcc 13): float32 forward 62 -> 88 registers, backward 64 -> 124,
+//   no spills; at 256 threads a block that is 2 resident blocks per SM instead of 4 (25 %
+//   occupancy instead of 50 %). Capping at 3 blocks (__launch_bounds__(256, 3), 80 registers)
+//   spilled 170-290 bytes (float64: 3.7 KB) and was not taken. Fewer instructions per tap
+//   against fewer warps to hide the gathers' latency: benchmarks/gpu_floor.py's
+//   filtered_grid_sample rows decide on the first GPU run (the recomputing version is this
+//   file before issue 13).
 // - The input gradient uses atomicAdd: the summation order varies between runs. Under
 //   torch.use_deterministic_algorithms(True) the backward asks for it through
 //   alertNotDeterministic (an error, or a warning with warn_only=True), as torch's own
@@ -70,20 +77,23 @@ __device__ __forceinline__ bool pixel_axes(const Shape& sh, int64_t p, const sca
 }
 
 // Taps per axis whose weights a thread keeps in registers for all channels (see the header).
+// Their indices (< H or < W) are kept as int, half the registers of int64 (64 -> 32 for the
+// 8-tap backward's two index arrays), so the cache is used only where H and W fit an int.
 constexpr int kMaxCachedTaps = 8;
+constexpr int64_t kMaxCachedSide = 2147483647;
 
 // One axis's normalised weights and padded indices for taps 0 .. K-1 (index -1: reads nothing,
 // also past ax.count), as grid_sample_window computes them per channel.
 template <int K, typename T>
 __device__ __forceinline__ void cache_forward_taps(const GridAxis<T>& a, int64_t size,
                                                    const Shape& sh, T (&wt)[K],
-                                                   int64_t (&idx)[K]) {
+                                                   int (&idx)[K]) {
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     T unused;
     const bool in = k < a.count;
     wt[k] = in ? grid_tap_weight(a, k, unused) * a.inv_norm : T(0);
-    idx[k] = in ? grid_pad_index(a.first + k, size, sh.padding, sh.align_corners) : -1;
+    idx[k] = in ? static_cast<int>(grid_pad_index(a.first + k, size, sh.padding, sh.align_corners)) : -1;
   }
 }
 
@@ -96,7 +106,7 @@ __device__ __forceinline__ void forward_channels_cached(const Shape& sh, const G
                                                         scalar_t* dst,           // [C] at stride plane_out
                                                         int64_t plane_out) {
   T wx[K], wy[K];
-  int64_t xi[K], yi[K];
+  int xi[K], yi[K];
   cache_forward_taps<K>(ax, sh.w, sh, wx, xi);
   cache_forward_taps<K>(ay, sh.h, sh, wy, yi);
   for (int64_t ch = 0; ch < sh.c; ++ch) {
@@ -123,7 +133,7 @@ __device__ __forceinline__ void forward_channels_cached(const Shape& sh, const G
 template <int K, typename T>
 __device__ __forceinline__ void cache_backward_taps(const GridAxis<T>& a, int64_t size,
                                                     const Shape& sh, T (&wt)[K], T (&dwt)[K],
-                                                    int64_t (&idx)[K]) {
+                                                    int (&idx)[K]) {
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     wt[k] = dwt[k] = T(0);
@@ -133,7 +143,7 @@ __device__ __forceinline__ void cache_backward_taps(const GridAxis<T>& a, int64_
       const T raw = grid_tap_weight(a, k, dw);
       const int64_t at = grid_pad_index(a.first + k, size, sh.padding, sh.align_corners);
       if (!((raw == T(0) && dw == T(0)) || at < 0)) {
-        idx[k] = at;
+        idx[k] = static_cast<int>(at);
         wt[k] = raw * a.inv_norm;
         dwt[k] = (dw - raw * a.dnorm) * a.inv_norm;
       }
@@ -151,7 +161,7 @@ __device__ __forceinline__ void backward_channels_cached(
     T* grad_sample,           // [C, H, W] of this sample, or null
     bool want_grid, int64_t plane_out, T& gx, T& gy) {
   T wx[K], dx[K], wy[K], dy[K];
-  int64_t xi[K], yi[K];
+  int xi[K], yi[K];
   cache_backward_taps<K>(ax, sh.w, sh, wx, dx, xi);
   cache_backward_taps<K>(ay, sh.h, sh, wy, dy, yi);
   for (int64_t ch = 0; ch < sh.c; ++ch) {
@@ -197,7 +207,9 @@ __global__ void forward_kernel(Shape sh,
       continue;
     }
     const scalar_t* sample = input + s * sh.c * sh.h * sh.w;
-    const int64_t taps = ax.count > ay.count ? ax.count : ay.count;
+    const int64_t taps = !(sh.h <= kMaxCachedSide && sh.w <= kMaxCachedSide)
+                             ? kMaxCachedTaps + 1
+                             : (ax.count > ay.count ? ax.count : ay.count);
     if (taps <= 2) {
       forward_channels_cached<2>(sh, ax, ay, sample, dst, plane_out);
     } else if (taps <= 4) {
@@ -229,7 +241,9 @@ __global__ void backward_kernel(Shape sh, T scale_x, T scale_y,
     GridAxis<T> ax, ay;
     if (!pixel_axes(sh, p, grid, stretch, ax, ay)) continue;  // output 0: no gradient (zeroed)
     T gx = T(0), gy = T(0);
-    const int64_t taps = ax.count > ay.count ? ax.count : ay.count;
+    const int64_t taps = !(sh.h <= kMaxCachedSide && sh.w <= kMaxCachedSide)
+                             ? kMaxCachedTaps + 1
+                             : (ax.count > ay.count ? ax.count : ay.count);
     if (taps <= kMaxCachedTaps) {
       const int64_t in_off = s * sh.c * sh.h * sh.w;
       const scalar_t* grad_px = grad + s * sh.c * plane_out + q;
