@@ -2,11 +2,11 @@
 # The GPU check (issue 13): on a fresh GPU machine with its own torch (CUDA), nvcc, cmake,
 # ninja, scikit-build-core, pytest and hypothesis, and no network:
 #   1. preflight  the device, torch, nvcc, compute-sanitizer                       budget  10 s
-#   2. build      latentx with its CUDA kernels, sm_90 only, 16 jobs (pip -e)       budget 150 s
-#   3. backend    latentx.backend('cuda') must say native                           budget  15 s
-#   4. select     pytest --collect-only -m needs_cuda: the CUDA tests are selected  budget  20 s
+#   2. build      latentx with its CUDA kernels, sm_90 only, 16 jobs (pip -e)       budget 170 s
+#   3. backend    latentx.backend('cuda') must say native, built for sm_90          budget  15 s
+#   4. select     pytest --collect-only -m needs_cuda: the CUDA tests are selected  budget  15 s
 #   5. tests      the needs_cuda tests (native vs reference on the GPU for every op,
-#                 gradients, opcheck, torch.compile), pytest-xdist -n 8 if present  budget 135 s
+#                 gradients, opcheck, torch.compile), pytest-xdist -n 8 if present  budget 120 s
 #   6. memcheck   compute-sanitizer memcheck on benchmarks/gpu_smoke.py (one tiny
 #                 forward + backward of every op), where the machine supports it    budget  55 s
 #   7. floor      benchmarks/gpu_floor.py: each op's time against its memory or
@@ -15,18 +15,22 @@
 # kill grace add up to 440 + 35 = 475 s, so the script ends inside 8 minutes even if every
 # step hangs. A failed build or backend skips the steps after it.
 #
-# Estimates (issue 13; measured here on a 2-core CPU machine with nvcc 13 and a CPU torch,
-# GPU steps from counts; see the commit message for the numbers):
-#   build: 4 .cu files (~60 s each through nvcc on one busy core here, with torch's headers;
-#     a 16-core machine compiles them and the 10 .cpp files in parallel, so the longest file
-#     plus configure and link: ~60-100 s for one architecture).
-#   tests: 722 selected (523 ifgsm_step, 88 lpips_head, 84 cma, 27 filtered_grid_sample,
-#     3 others); each but the torch.compile ones is a few small launches (~10 ms); the 5 compile
-#     tests each cost a cold inductor + Triton compile (~10-30 s), in parallel under xdist:
-#     ~60-90 s with 8 workers (each worker's CUDA start ~5 s).
-#   memcheck: ~120 small launches (each ~100x slower instrumented, still < 1 ms) after torch's
-#     import and CUDA start under the sanitizer (~20-40 s).
-#   floor: 12 rows x 23 calls of 0.05-2 ms, the inputs (~3 GB, a batched QR for the CMA
+# Estimates (issue 13). Measured on the 2-core CPU machine (nvcc 13, CPU torch 2.13, the
+# compile check on, nothing else running): configure 6.7 s; a fresh build 186 s at -j2, the
+# translation units taking ops/cpu/filtered_grid_sample_kernel.cpp 107 s, the .cu files
+# 34-35 s (cma, ifgsm_step, lpips_head) and 59 s (filtered_grid_sample) for sm_90, the other
+# nine .cpp 9-13 s: 365 s of compiling in all. With 16 jobs the build is its longest file
+# (the CPU filtered_grid_sample kernel, not a CUDA one) plus configure and link: ~110-130 s
+# on cores like these; one CUDA architecture instead of two keeps the .cu files off the
+# critical path. GPU steps, from counts:
+#   tests: 730 selected (523 ifgsm_step, 91 cma, 88 lpips_head, 26 filtered_grid_sample,
+#     2 others); the same files' CPU tests (872) ran in 26 s here; all but the 4
+#     torch.compile tests are a few small launches; each compile test is a cold inductor +
+#     Triton compile (~10-30 s): ~40-60 s under xdist with 8 workers, ~110 s without.
+#   memcheck: ~1,000 small launches (the references' included; each ~100x slower
+#     instrumented, still ~1 ms) after torch's import and CUDA start under the sanitizer
+#     (~20-40 s).
+#   floor: 11 rows x 23 calls of 0.05-2 ms, the inputs (~3 GB; a batched QR for the CMA
 #     eigenvectors) and the reference checks on slices: ~20-40 s.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]     (default OUT_DIR: $OUT, else ./gpu-results)
@@ -43,6 +47,9 @@ export PYTHONUNBUFFERED=1 MAX_JOBS=16 CMAKE_BUILD_PARALLEL_LEVEL=16
 # torch's CMake config adds -gencode flags from TORCH_CUDA_ARCH_LIST (else the visible GPU's):
 # one architecture, as CMAKE_CUDA_ARCHITECTURES below.
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+# One seed for every pytest process (xdist workers included), printed, so a failure replays.
+export LATENTX_TEST_SEED=${LATENTX_TEST_SEED:-$((RANDOM * 32768 + RANDOM))}
+echo "LATENTX_TEST_SEED=$LATENTX_TEST_SEED"
 command -v nvcc >/dev/null || export PATH="$PATH:/usr/local/cuda/bin"
 
 steps=() secs=() stats=()
@@ -64,6 +71,7 @@ run_step() {
 skip_step() { steps+=("$1") secs+=(0) stats+=("skipped: $2"); }
 
 preflight() {
+  set -e  # no GPU, no torch with CUDA or no nvcc: the check cannot run
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
   "$python" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(), torch.cuda.get_device_capability())"
   nvcc --version | tail -2
@@ -76,7 +84,7 @@ export -f preflight
 run_step preflight 10 "$out/device.txt" bash -c preflight || failed=1
 
 build_ok=0
-if run_step build 150 "$out/build.log" "$python" -m pip install -v --no-index --no-build-isolation --no-deps \
+if run_step build 170 "$out/build.log" "$python" -m pip install -v --no-index --no-build-isolation --no-deps \
     -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90 -C cmake.define.LATENTX_REQUIRE_NVCC=ON -e .; then
   build_ok=1
 else
@@ -105,10 +113,10 @@ if [ $cuda_ok = 1 ]; then
   }
   export test_files
   export -f select_cuda
-  run_step select 20 "$out/tests.log" bash -c select_cuda || failed=1
+  run_step select 15 "$out/tests.log" bash -c select_cuda || failed=1
   xdist=()
   "$python" -c "import xdist" 2>/dev/null && xdist=(-n 8)
-  run_step tests 135 "$out/tests.log" "$python" -m pytest -q -rfEs -p no:cacheprovider "${xdist[@]}" \
+  run_step tests 120 "$out/tests.log" "$python" -m pytest -q -rfEs -p no:cacheprovider "${xdist[@]}" \
     -m needs_cuda $test_files || failed=1
   if command -v compute-sanitizer >/dev/null; then
     # Every tensor its own cudaMalloc: memcheck sees an access past a tensor's end only then.
