@@ -2,7 +2,7 @@
 # The GPU check (issue 13): on a fresh GPU machine with its own torch (CUDA), nvcc, cmake,
 # ninja, scikit-build-core, pytest and hypothesis, and no network:
 #   1. preflight  the device, torch, nvcc, compute-sanitizer                       budget  10 s
-#   2. build      latentx with its CUDA kernels, sm_90 only, 16 jobs (pip -e)       budget 170 s
+#   2. build      latentx with its CUDA kernels, sm_90 only, 16 jobs (pip -e)       budget 210 s
 #   3. backend    latentx.backend('cuda') must say native, built for sm_90          budget  15 s
 #   4. select     pytest --collect-only -m needs_cuda: the CUDA tests are selected  budget  15 s
 #   5. tests      the needs_cuda tests (native vs reference on the GPU for every op,
@@ -11,9 +11,10 @@
 #                 forward + backward of every op), where the machine supports it    budget  55 s
 #   7. floor      benchmarks/gpu_floor.py: each op's time against its memory or
 #                 compute floor ("% of floor")                                      budget  55 s
-# Each step runs under `timeout` (TERM at its budget, KILL 5 s later): the budgets and the
-# kill grace add up to 440 + 35 = 475 s, so the script ends inside 8 minutes even if every
-# step hangs. A failed build or backend skips the steps after it.
+# Each step runs under `timeout` (TERM at its budget, KILL 5 s later), and a budget shrinks
+# (fit) when the time already spent would push the later steps past 470 s: a build that
+# takes its whole 210 s leaves the tests 75 s. So the script ends inside 8 minutes even if
+# every step hangs. A failed build or backend skips the steps after it.
 #
 # Estimates (issue 13). Measured on the 2-core CPU machine (nvcc 13, CPU torch 2.13, the
 # compile check on, nothing else running): configure 6.7 s; a fresh build 186 s at -j2, the
@@ -54,10 +55,20 @@ command -v nvcc >/dev/null || export PATH="$PATH:/usr/local/cuda/bin"
 
 steps=() secs=() stats=()
 failed=0
+# Every step must end by TOTAL seconds from the start (its kill grace included).
+TOTAL=470
+# fit NOMINAL RESERVE: the step's budget: NOMINAL, or less if the steps after it (RESERVE
+# seconds, their graces included) would otherwise run past TOTAL.
+fit() {
+  local b=$1 left=$((TOTAL - SECONDS - $2 - 5))
+  [ "$left" -lt "$b" ] && b=$left
+  echo "$b"
+}
 # run_step NAME BUDGET LOG CMD...: runs CMD under timeout, appending to LOG; records the result.
 run_step() {
   local name=$1 budget=$2 log=$3
   shift 3
+  if [ "$budget" -lt 5 ]; then skip_step "$name" "out of time"; return 1; fi
   echo "=== $name (budget ${budget}s): $*" >>"$log"
   local t0=$SECONDS rc
   timeout -k 5 "$budget" "$@" >>"$log" 2>&1
@@ -81,10 +92,10 @@ preflight() {
 # Steps that are shell functions run under timeout through bash -c (timeout runs programs).
 export python out
 export -f preflight
-run_step preflight 10 "$out/device.txt" bash -c preflight || failed=1
+run_step preflight "$(fit 10 455)" "$out/device.txt" bash -c preflight || failed=1
 
 build_ok=0
-if run_step build 170 "$out/build.log" "$python" -m pip install -v --no-index --no-build-isolation --no-deps \
+if run_step build "$(fit 210 225)" "$out/build.log" "$python" -m pip install -v --no-index --no-build-isolation --no-deps \
     -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90 -C cmake.define.LATENTX_REQUIRE_NVCC=ON -e .; then
   build_ok=1
 else
@@ -93,7 +104,7 @@ fi
 
 cuda_ok=0
 if [ $build_ok = 1 ]; then
-  if run_step backend 15 "$out/device.txt" "$python" -c "
+  if run_step backend "$(fit 15 205)" "$out/device.txt" "$python" -c "
 import json, latentx
 info = latentx.backend('cuda')
 print(json.dumps(info))
@@ -113,10 +124,10 @@ if [ $cuda_ok = 1 ]; then
   }
   export test_files
   export -f select_cuda
-  run_step select 15 "$out/tests.log" bash -c select_cuda || failed=1
+  run_step select "$(fit 15 185)" "$out/tests.log" bash -c select_cuda || failed=1
   xdist=()
   "$python" -c "import xdist" 2>/dev/null && xdist=(-n 8)
-  run_step tests 120 "$out/tests.log" "$python" -m pytest -q -rfEs -p no:cacheprovider "${xdist[@]}" \
+  run_step tests "$(fit 120 120)" "$out/tests.log" "$python" -m pytest -q -rfEs -p no:cacheprovider "${xdist[@]}" \
     -m needs_cuda $test_files || failed=1
   if command -v compute-sanitizer >/dev/null; then
     # Every tensor its own cudaMalloc: memcheck sees an access past a tensor's end only then.
@@ -130,12 +141,12 @@ if [ $cuda_ok = 1 ]; then
       return $rc
     }
     export -f memcheck
-    run_step memcheck 55 "$out/memcheck.log" bash -c memcheck || failed=1
+    run_step memcheck "$(fit 55 60)" "$out/memcheck.log" bash -c memcheck || failed=1
   else
     skip_step memcheck "no compute-sanitizer"
-    run_step smoke 55 "$out/memcheck.log" "$python" benchmarks/gpu_smoke.py || failed=1
+    run_step smoke "$(fit 55 60)" "$out/memcheck.log" "$python" benchmarks/gpu_smoke.py || failed=1
   fi
-  run_step floor 55 "$out/floor.log" "$python" benchmarks/gpu_floor.py --json "$out/floor.json" || failed=1
+  run_step floor "$(fit 55 0)" "$out/floor.log" "$python" benchmarks/gpu_floor.py --json "$out/floor.json" || failed=1
 else
   for s in select tests memcheck floor; do skip_step $s "no native CUDA backend"; done
 fi
