@@ -20,7 +20,8 @@
 //   4 * sizeof(scalar) per element. A one-pass forward from sum a^2, sum w a^2, sum w a b,
 //   sum w b^2 would halve the reads but cancels catastrophically when f0 ~ f1 (the distance
 //   LPIPS exists to measure near 0), so the two passes stay.
-// - FLOPs: ~6 per element forward, ~14 backward: far under the H200's compute rate, so both
+// - FLOPs: ~8 per element of [N, C, HW] forward, ~14 backward (as benchmarks/gpu_floor.py
+//   counts them): a few per byte, far under the H200's rate per byte of bandwidth, so both
 //   kernels are memory-bound and their floor is bytes / copy bandwidth.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
