@@ -47,18 +47,17 @@ def targets_of(n: int, device=None) -> dict:
     return {"happy": torch.full((n,), 1.0, device=device)}
 
 
-def public_sgf_step(G, phi, mapping, z: torch.Tensor, delta_c: torch.Tensor) -> torch.Tensor:
-    """One SGF step for ONE latent the public way: J = ∂F(z, c)/∂c by autograd, δz = J·δc
-    (plus one Neumann correction, as KYM384's m = 1), then the closed loop's Φ(G(z))."""
-    with torch.no_grad():
-        c = phi(G(z))
+def public_sgf_step(G, phi, mapping, z: torch.Tensor, c: torch.Tensor,
+                    delta_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGF step for ONE latent z [1, d] with c = Φ(G(z)) [1, M], the public way: J = ∂F(z, c)/∂c
+    by autograd, δz = J·δc (plus one Neumann correction, as KYM384's m = 1), z ← z + δz, then the
+    closed loop's c ← Φ(G(z)). Returns (z, c)."""
     J = torch.autograd.functional.jacobian(lambda cc: mapping(z, cc), c)     # [1, d, 1, M]
     dz = (J[0, :, 0, :] @ delta_c[0]).unsqueeze(0)
     with torch.no_grad():
         dz = dz + mapping(z + dz, c) - mapping(z, c)
         z = z + dz
-        phi(G(z))
-    return z
+        return z, phi(G(z))
 
 
 def run(device: torch.device, quick: bool, repeats: int) -> list[dict]:
@@ -125,8 +124,10 @@ def run(device: torch.device, quick: bool, repeats: int) -> list[dict]:
     def public():
         for i in range(public_n):
             zi = z[i:i + 1]
+            with torch.no_grad():
+                ci = phi(G(zi))  # Φ(z₀), as latentx's runs begin
             for _ in range(steps):
-                zi = public_sgf_step(G, phi, mapping, zi, delta_c)
+                zi, ci = public_sgf_step(G, phi, mapping, zi, ci, delta_c)
     synchronize(device)
     start = time.perf_counter()
     public()
