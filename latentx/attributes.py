@@ -153,7 +153,7 @@ def _check_images(images: Any, who: str) -> Tensor:
         return images
     if not bool(torch.isfinite(images).all()):
         raise ValueError(f"{who}: images contain NaN or Inf")
-    lo, hi = float(images.min()), float(images.max())
+    lo, hi = float(images.detach().min()), float(images.detach().max())
     # A little overshoot (resampling, tanh rounding) is harmless; [0, 1] or [0, 255] images are not.
     if not (lo >= -1.05 and hi <= 1.05):
         raise ValueError(f"{who}: images must lie in [-1, 1], got values in [{lo:.4g}, {hi:.4g}] "

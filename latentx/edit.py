@@ -768,7 +768,7 @@ def train_mapping(bank: SampleBank, *, steps: int, batch_size: int = 8, lr: floa
             loss.backward()
             opt.step()
             if log is not None and step % 100 == 0:
-                log.append((step, float(loss)))
+                log.append((step, float(loss.detach())))
             if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
                 save(step + 1)
             bar.update(1)
