@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from latentx import ops
+from latentx.benchmarks.timing import native_unavailable
 
 MB = 1e6
 
@@ -206,11 +207,9 @@ def main() -> int:
     parser.add_argument("--json", help="write the rows and the ceilings here")
     args = parser.parse_args()
     dev = args.device
-    if dev == "cuda" and not torch.cuda.is_available():
-        print("gpu_floor: no CUDA device", file=sys.stderr)
-        return 2
-    if ops.backend(dev)["impl"] != "native":
-        print(f"gpu_floor: latentx runs the reference on {dev}", file=sys.stderr)
+    why = native_unavailable(dev)
+    if why is not None:
+        print(f"gpu_floor: {why}", file=sys.stderr)
         return 2
     torch.manual_seed(0)
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"

@@ -21,6 +21,7 @@ import sys
 import torch
 
 from latentx import ops
+from latentx.benchmarks.timing import native_unavailable
 
 
 def _close(name: str, got: torch.Tensor, want: torch.Tensor, failures: list[str], tol: float = 1e-4) -> None:
@@ -107,11 +108,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda (default), or cpu for a dry run")
     dev = parser.parse_args().device
-    if dev == "cuda" and not torch.cuda.is_available():
-        print("gpu_smoke: no CUDA device", file=sys.stderr)
-        return 2
-    if ops.backend(dev)["impl"] != "native":
-        print(f"gpu_smoke: latentx runs the reference on {dev}: {ops.backend(dev)['reason']}", file=sys.stderr)
+    why = native_unavailable(dev)
+    if why is not None:
+        print(f"gpu_smoke: {why}", file=sys.stderr)
         return 2
     torch.manual_seed(0)
     failures: list[str] = []

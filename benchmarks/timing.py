@@ -88,3 +88,16 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
     return str(value)
+
+
+def native_unavailable(device: str) -> Optional[str]:
+    """Why latentx's native kernels cannot be measured on ``device`` ("cuda" without a CUDA
+    device, or a backend that runs the reference), or None when they can."""
+    from latentx import ops
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return "no CUDA device"
+    info = ops.backend(device)
+    if info["impl"] != "native":
+        return f"latentx runs the reference on {device}: {info['reason']}"
+    return None

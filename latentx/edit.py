@@ -75,6 +75,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
@@ -85,9 +86,9 @@ from tqdm.auto import tqdm
 
 __all__ = [
     "SampleBank", "sample_bank", "Boundaries", "interfacegan_boundaries", "conditional_boundary",
-    "linear_edit", "interfacegan_training_sets", "Directions", "ganspace_directions", "choose_components", "AuxiliaryMapping",
-    "train_mapping", "EditResult", "sgf", "conjugate_gradient", "linear_path", "MDSResult", "mds", "bank_latents",
-    "fit_linear_svms", "surrogate_field", "mds_area",
+    "linear_edit", "interfacegan_training_sets", "Directions", "ganspace_directions", "choose_components",
+    "AuxiliaryMapping", "train_mapping", "EditResult", "sgf", "conjugate_gradient", "linear_path", "MDSResult", "mds",
+    "bank_latents", "fit_linear_svms", "surrogate_field", "mds_area", "save_atomic",
 ]
 
 Goal = Union[float, Tensor]
@@ -190,10 +191,19 @@ def _attributes(generator, phi, z: Tensor, m: Optional[int] = None) -> Tensor:
     return c
 
 
-def _atomic_save(obj, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def save_atomic(obj, path) -> None:
+    """``torch.save(obj, path)`` so that ``path`` is either absent or complete: written to a
+    temporary file in the same folder, then renamed over it (resuming relies on this)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _progress(total: int, progress: bool, desc: str):
@@ -225,7 +235,7 @@ class SampleBank:
         return _index(self.names, name, "SampleBank.index")
 
     def save(self, path: str) -> None:
-        _atomic_save({"kind": _BANK_KIND, "z": self.z.float().cpu(), "attributes": self.attributes.float().cpu(),
+        save_atomic({"kind": _BANK_KIND, "z": self.z.float().cpu(), "attributes": self.attributes.float().cpu(),
                       "names": list(self.names), "seed": self.seed, "n": len(self), "done": len(self)}, path)
 
     @classmethod
@@ -306,7 +316,7 @@ def sample_bank(generator, phi, n: int, *, seed: int = 0, chunk_size: int = 256,
             cs.append(c)
             done = hi
             if path is not None:
-                _atomic_save({"kind": _BANK_KIND, "z": torch.cat(zs), "attributes": torch.cat(cs), "names": names,
+                save_atomic({"kind": _BANK_KIND, "z": torch.cat(zs), "attributes": torch.cat(cs), "names": names,
                               "seed": seed, "n": n, "done": done}, path)
             bar.update(hi - bar.n)
     return SampleBank(torch.cat(zs), torch.cat(cs), list(names), seed)
@@ -332,7 +342,7 @@ class Boundaries:
         return self.normals[self.index(name)]
 
     def save(self, path) -> None:
-        _atomic_save({"kind": _BOUNDARIES_KIND, "normals": self.normals.float().cpu(), "names": list(self.names),
+        save_atomic({"kind": _BOUNDARIES_KIND, "normals": self.normals.float().cpu(), "names": list(self.names),
                       "accuracy": self.accuracy.float().cpu(),
                       "offsets": None if self.offsets is None else self.offsets.float().cpu()}, path)
 
@@ -691,7 +701,7 @@ class AuxiliaryMapping(nn.Module):
         return z + nn.functional.linear(torch.cat([h, cc], 1), self.head.weight.flatten(1), self.head.bias)
 
     def save(self, path: str) -> None:
-        _atomic_save({"kind": _MAPPING_KIND, "config": dict(self.config),
+        save_atomic({"kind": _MAPPING_KIND, "config": dict(self.config),
                       "state_dict": {k: v.cpu() for k, v in self.state_dict().items()}}, path)
 
     @classmethod
@@ -752,7 +762,7 @@ def train_mapping(bank: SampleBank, *, steps: int, batch_size: int = 8, lr: floa
     z_all, c_all = bank.z.to(device), bank.attributes.to(device)
 
     def save(step: int) -> None:
-        _atomic_save({"kind": _MAPPING_KIND + ".training", "config": dict(f.config), "settings": settings,
+        save_atomic({"kind": _MAPPING_KIND + ".training", "config": dict(f.config), "settings": settings,
                       "state_dict": {k: v.cpu() for k, v in f.state_dict().items()},
                       "optimizer": opt.state_dict(), "sampler": gen.get_state(), "step": step}, checkpoint)
 

@@ -35,8 +35,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -160,18 +158,6 @@ def _check_config(out: Path, config: dict) -> None:
         write_json_atomic(path, config)
 
 
-def _save_atomic(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_grid(path: Path, images: Tensor, *, max_columns: int = 9) -> list[int]:
     """Write images [T+1, N, 3, H, W] (a trajectory) as one PNG: a row per source, columns
     evenly spaced along the trajectory (the first and the last always). Returns the columns'
@@ -250,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
                                   device=device)
 
     trajectory = result.trajectory_z
-    _save_atomic({"z_before": trajectory[0], "z_after": result.z, "trajectory_z": trajectory,
+    edit.save_atomic({"z_before": trajectory[0], "z_after": result.z, "trajectory_z": trajectory,
                   "trajectory_attributes": result.trajectory_attributes, "names": list(phi.names)}, out / "edit.pt")
     with torch.no_grad():
         images = torch.stack([_images_of(G, zt.to(device), args.chunk_size) for zt in trajectory])
@@ -299,7 +285,7 @@ def _linear_direction(args, G, phi, bank, name: str, out: Path, device) -> Tenso
                                         progress=not args.no_progress)
         record = {"components": directions.components.cpu(), "stdev": directions.stdev.cpu(),
                   "chosen": {k: [int(v[0]), int(v[1])] for k, v in chosen.items()}}
-        _save_atomic(record, path)
+        edit.save_atomic(record, path)
     index, sign = record["chosen"][name]
     return record["components"][index] * sign
 
