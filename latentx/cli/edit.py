@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from latentx import _threads
-from latentx.project_cli import to_uint8, write_json_atomic, write_png
+from latentx.cli.project import to_uint8, write_json_atomic, write_png
 
 METHODS = ("cg", "sgf", "interfacegan", "ganspace")
 
@@ -178,7 +178,8 @@ def write_grid(path: Path, images: Tensor, *, max_columns: int = 9) -> list[int]
 
 def run(args: argparse.Namespace) -> int:
     from latentx import attributes as attribute_models
-    from latentx import edit, project_cli
+    from latentx import edit
+    from latentx.cli import project as project_cli
 
     for flag, value, low in (("--steps", args.steps, 1), ("--num", args.num, 1), ("--bank-size", args.bank_size, 100),
                              ("--chunk-size", args.chunk_size, 1), ("--mapping-steps", args.mapping_steps, 0)):

@@ -10,7 +10,8 @@ from typing import Optional, Sequence
 import torch
 
 import latentx
-from latentx import _threads, edit_cli, project_cli, refine_cli
+from latentx import _threads
+from latentx.cli import edit as edit_cli, project as project_cli, refine as refine_cli
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -100,6 +101,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _threads.configure_threads(args.threads, prog=f"latentx {args.command}")
     return args.func(args)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -595,6 +595,6 @@ def run_demo(args: argparse.Namespace) -> int:
                             transform=not args.no_transform, device=args.device, work_size=args.work_size,
                             context=args.context, seed=args.seed, budget=budget,
                             label="skimage.data.astronaut()", finetune_steps=args.finetune_steps,
-                            extra={"face_box_note": "ASTRONAUT_FACE_BOX in latentx/project_cli.py"})
+                            extra={"face_box_note": "ASTRONAUT_FACE_BOX in latentx/cli/project.py"})
     _print_record(record, out)
     return 0
