@@ -1,7 +1,7 @@
 """Projection throughput (SPEC C1–C2; seed 003 Algorithm 1): images per hour at the paper's
 budget, ``latentx.projection.project`` against a pix2latent-style baseline written here.
 
-Budget (``latentx.project_cli.PAPER_BUDGET``): 18 seeds; the transform search, 30 CMA
+Budget (``latentx.cli.project.PAPER_BUDGET``): 18 seeds; the transform search, 30 CMA
 generations over φ = [s_x, s_y, t_x, t_y, γ] of 30 Adam steps each; BasinCMA over z, 30 CMA
 generations of 30 Adam steps, the last one 300.
 
@@ -93,7 +93,7 @@ from torch import Tensor
 from latentx import models
 from latentx.benchmarks.bench_lpips import _lpips_package
 from latentx.benchmarks.timing import assert_agree, format_table, synchronize
-from latentx.project_cli import ASTRONAUT_FACE_BOX, PAPER_BUDGET, array_to_tensor, crop_transform
+from latentx.cli.project import ASTRONAUT_FACE_BOX, PAPER_BUDGET, array_to_tensor, crop_transform
 from latentx.lpips import resize_mask
 from latentx.projection import default_lpips, invert_images, masked_losses, masks_from_boxes, \
     project, transform_images
@@ -120,7 +120,7 @@ def astronaut_targets(n: int, device: torch.device, work_size: int = WORK_SIZE,
                       context: float = CONTEXT) -> tuple[Tensor, list[list[float]]]:
     """``n`` working crops [n, 3, ws, ws] in [−1, 1] of skimage's astronaut around
     ASTRONAUT_FACE_BOX (moved by OFFSETS) and each crop's box (x0, y0, x1, y1) in crop pixels,
-    prepared as ``latentx.project_cli.run_projection`` prepares its target."""
+    prepared as ``latentx.cli.project.run_projection`` prepares its target."""
     from skimage import data
 
     if not 1 <= n <= len(OFFSETS):

@@ -55,8 +55,8 @@ import numpy as np
 import torch
 
 from latentx import attributes, edit, models
-from latentx.edit_cli import first_layer
-from latentx.project_cli import write_json_atomic
+from latentx.cli.edit import first_layer
+from latentx.cli.project import write_json_atomic
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("GANSpace", "InterFaceGAN", "SGF", "CG")

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from latentx import models
-from latentx.project_cli import ASTRONAUT_FACE_BOX, write_json_atomic
+from latentx.cli.project import ASTRONAUT_FACE_BOX, write_json_atomic
 from latentx.projection import default_lpips, invert_images, project
 from latentx.transforms import SpatialTransform
 

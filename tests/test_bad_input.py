@@ -295,7 +295,7 @@ CLI_CASES = [
 
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory):
-    from latentx.project_cli import write_png
+    from latentx.cli.project import write_png
 
     path = tmp_path_factory.mktemp("photo") / "photo.png"
     write_png(path, (np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8))

@@ -8,7 +8,8 @@ import torch
 pytest.importorskip("gan_face_generate", reason="the face DCGAN ships in gan_face_generate")
 pytest.importorskip("h5py", reason="the expression classifier's weights are read with h5py")
 
-from latentx import cli, edit_cli  # noqa: E402
+from latentx import cli  # noqa: E402
+from latentx.cli import edit as edit_cli  # noqa: E402
 
 TINY = ["--bank-size", "300", "--mapping-steps", "30", "--steps", "3", "--num", "3", "--chunk-size", "128",
         "--no-progress", "--threads", "1"]

@@ -253,7 +253,7 @@ def test_project_cli_writes_everything(tmp_path):
     import json
 
     from latentx import cli
-    from latentx.project_cli import write_png
+    from latentx.cli.project import write_png
 
     photo = tmp_path / "photo.png"
     yy, xx = torch.meshgrid(torch.linspace(0, 1, 96), torch.linspace(0, 1, 80), indexing="ij")
@@ -403,7 +403,7 @@ def make():
 
 
 def _write_photo(path, seed, h=48, w=56):
-    from latentx.project_cli import write_png
+    from latentx.cli.project import write_png
 
     g = torch.Generator().manual_seed(seed)
     img = (torch.rand(h // 8, w // 8, 3, generator=g).repeat_interleave(8, 0).repeat_interleave(8, 1) * 255)
@@ -414,7 +414,8 @@ def test_project_cli_several_images_resumes(tmp_path, monkeypatch, capsys):
     import json
     import os
 
-    from latentx import cli, project_cli
+    from latentx import cli
+    from latentx.cli import project as project_cli
 
     (tmp_path / "tiny_cli_generator.py").write_text(TINY_GENERATOR_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from latentx import advlat, refine_cli, synthetic
+from latentx import advlat, synthetic
+from latentx.cli import refine as refine_cli
 
 STEP = ["--steps", "6", "--step-size", "0.02", "--radius", "0.05", "--lower", "-2", "--upper", "2"]
 # One thread everywhere: results compared across runs come from the same arithmetic.

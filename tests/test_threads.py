@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-from latentx import _threads, cli, project_cli, refine_cli
+from latentx import _threads, cli
+from latentx.cli import project as project_cli, refine as refine_cli
 
 
 @pytest.fixture(autouse=True)
