@@ -6,7 +6,26 @@
 * :func:`hard_pair` — eq. 8: for each z₀, a z in its ball whose generation is close to
   G(z₀)'s while z is far from z₀ (a pair that tends to collapse).
 * :func:`train_step` / :func:`train` — AdvLatGAN-qua (Alg. 1) and AdvLatGAN-div (Alg. 2);
-  ``latent_steps=0`` is the vanilla GAN (and, for ``"div"``, plain MSGAN).
+  ``latent_steps=0`` is the vanilla GAN (and, for ``"div"``, plain MSGAN); ``inverse=True``
+  trains -div with the inverse hard pair (eq. 8-inv: the ratio maximised).
+* :func:`sample` — samples of a trained G, through AdvLatGAN-z when ``steps > 0``: the "+"
+  variants (AdvLatGAN-qua+ / -div+ = a -qua / -div model sampled this way).
+
+The five methods of the paper (Sec. 4.1, Table 2) in these terms:
+
+=====================  ==============================================  ============================
+method                 training                                        sampling
+=====================  ==============================================  ============================
+vanilla                ``train(latent_steps=0)``                       ``sample(G, D, z)``
+AdvLatGAN-z            ``train(latent_steps=0)`` (or any trained G)    ``sample(G, D, z, steps=n)``
+AdvLatGAN-qua          ``train(method="qua", latent_steps=t_z)``       ``sample(G, D, z)``
+AdvLatGAN-div          ``train(method="div", latent_steps=t_z, ...)``  ``sample(G, D, z)``
+AdvLatGAN-qua+ / div+  as -qua / -div                                  ``sample(G, D, z, steps=n)``
+=====================  ==============================================  ============================
+
+Class-conditional models (the paper's conditional experiments, G(c, z) and D(c, x)) are
+called ``G(z, c)`` and ``D(x, c)``: pass ``c`` to :func:`refine`, :func:`sample` and
+:func:`hard_pair`, and ``num_classes`` to :func:`train_step` / :func:`train`.
 
 Every latent update is the fused op :func:`latentx.ops.ifgsm_step_`.
 """
@@ -34,6 +53,14 @@ class Refined(NamedTuple):
 
     z: Tensor  #: refined latents, the input's shape, dtype and device
     scores: Tensor  #: [steps + 1] float64: mean D logit over all latents before step i; last: after the last step
+
+
+class Sampled(NamedTuple):
+    """What :func:`sample` returns."""
+
+    x: Tensor  #: samples G(z) [N, ...] on z's device
+    z: Tensor  #: the latents they come from [N, ...]: refined when steps > 0, else the input
+    scores: Optional[Tensor]  #: refine's [steps + 1] mean D logits; None when steps = 0
 
 
 def model_device(module: nn.Module, fallback: torch.device) -> torch.device:
@@ -83,11 +110,35 @@ def score_loss(loss: Union[str, LossFn]) -> LossFn:
     return lambda logits: losses.generator_loss(logits, kind, reduction="none")
 
 
-def _logits(D: Callable[[Tensor], Tensor], x: Tensor, b: int) -> Tensor:
-    out = D(x)
+def _generate(G: Callable[..., Tensor], z: Tensor, c: Optional[Tensor]) -> Tensor:
+    """``G(z)``, or ``G(z, c)`` for a conditional generator."""
+    return G(z) if c is None else G(z, c)
+
+
+def _logits(D: Callable[..., Tensor], x: Tensor, b: int, c: Optional[Tensor] = None) -> Tensor:
+    out = D(x) if c is None else D(x, c)
     if out.numel() != b:
         raise ValueError(f"D must return one logit per sample ([B] or [B, 1]), got shape {list(out.shape)} for B={b}")
     return out.reshape(b)
+
+
+def check_classes(c, n: int, name: str = "c") -> None:
+    """A class input for ``n`` samples: integer class indices [n], or floating-point
+    conditions [n, ...] (one-hot rows, embeddings); anything else raises, naming ``name``.
+
+    A floating-point [n] tensor is refused: it is almost always class indices in the wrong
+    dtype, which an ``nn.Embedding`` would reject deep inside the model.
+    """
+    if not isinstance(c, Tensor):
+        raise TypeError(f"{name} must be a tensor of class indices [N] (integer) or conditions [N, ...] "
+                        f"(floating point), got {type(c).__name__}")
+    integer = not c.is_floating_point() and not c.is_complex() and c.dtype != torch.bool
+    if not ((integer and c.dim() == 1) or (c.is_floating_point() and c.dim() >= 2)):
+        hint = " (class indices must be an integer tensor: use c.long())" if c.is_floating_point() else ""
+        raise TypeError(f"{name} must be integer class indices [N] or floating-point conditions [N, ...], "
+                        f"got {c.dtype} of shape {list(c.shape)}{hint}")
+    if c.shape[0] != n:
+        raise ValueError(f"{name} must hold one class per latent ({n}), got {c.shape[0]} (shape {list(c.shape)})")
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -202,6 +253,7 @@ def refine(
     D: nn.Module,
     z: Tensor,
     *,
+    c: Optional[Tensor] = None,
     steps: int,
     step_size: Union[Tensor, Number],
     radius: Union[Tensor, Number, None] = None,
@@ -221,7 +273,11 @@ def refine(
 
     Args:
         G: generator, [B, ...latent] → samples. D: discriminator, samples → [B] or [B, 1] logits.
+            With ``c``: ``G(z, c)`` and ``D(x, c)``.
         z: starting latents z₀ [N, ...] on any device (the CPU for large N); not modified.
+        c: the class of each latent for a class-conditional pair: integer indices [N] or
+            floating-point conditions [N, ...] (see :func:`check_classes`), any device; it
+            stays fixed while z moves. None: an unconditional pair.
         steps: I-FGSM steps n (the paper: 100 at ε = 0.01 for CIFAR/STL, 30 at 0.03 for
             MNIST, 8,000 at 0.003 for the ring).
         step_size: ε, a number or one per latent [N].
@@ -239,7 +295,7 @@ def refine(
     Raises:
         TypeError, ValueError: a bad argument (named in the message): non-integer ``steps``
             or ``batch_size``, a negative or non-finite ``step_size`` or ``radius``, bad
-            ``bounds``, non-finite ``z``.
+            ``bounds``, non-finite ``z``, a ``c`` of the wrong dtype or length.
         FloatingPointError: a non-finite loss or gradient, naming the step and chunk.
     """
     for name, module in (("G", G), ("D", D)):
@@ -252,6 +308,8 @@ def refine(
     if batch_size is not None:
         _check_int("batch_size", batch_size, 1)
     n = z.shape[0]
+    if c is not None:
+        check_classes(c, n)
     _check_amount("step_size", step_size, n)
     if radius is not None:
         _check_amount("radius", radius, n)
@@ -270,17 +328,18 @@ def refine(
 
     with frozen([G, D], eval_mode=True), tqdm(total=n_chunks * steps, disable=not progress,
                                               desc="AdvLatGAN-z", unit="step") as bar:
-        for c, lo in enumerate(range(0, n, chunk)):
+        for k, lo in enumerate(range(0, n, chunk)):
             hi = min(lo + chunk, n)
             b = hi - lo
             z0 = z[lo:hi].detach().to(device)
             zc = z0.clone()
+            cc = None if c is None else c[lo:hi].to(device)
 
             # Scores are logits, taken from the forward pass that gives the step's loss.
             logits_seen: list[Tensor] = []
 
-            def objective(zg: Tensor, b: int = b, seen: list = logits_seen) -> Tensor:
-                logits = _logits(D, G(zg), b)
+            def objective(zg: Tensor, b: int = b, cc: Optional[Tensor] = cc, seen: list = logits_seen) -> Tensor:
+                logits = _logits(D, _generate(G, zg, cc), b, cc)
                 seen.append(logits.detach().sum(dtype=torch.float64))
                 return objective_of(logits)
 
@@ -289,9 +348,9 @@ def refine(
                   anchor=None if radius is None else z0,
                   radius=_per_chunk(radius, n, lo, hi, device, "radius"),
                   bounds=bounds, impl=impl, on_step=lambda i, v: bar.update(1),
-                  where=f" of chunk {c} (latents {lo}:{hi})")
+                  where=f" of chunk {k} (latents {lo}:{hi})")
             with torch.no_grad():
-                logits_seen.append(_logits(D, G(zc), b).sum(dtype=torch.float64))
+                logits_seen.append(_logits(D, _generate(G, zc, cc), b, cc).sum(dtype=torch.float64))
             score_sums += torch.stack(logits_seen)
             out[lo:hi] = zc.to(out.device)
     return Refined(out, (score_sums / max(n, 1)).cpu())
@@ -320,7 +379,8 @@ def hard_pair(
 
     Args:
         G: generator, called as ``G(z)`` or, with ``c``, ``G(z, c)``.
-        z0: latents [B, ...]. c: conditions for G [B, ...] or None.
+        z0: latents [B, ...]. c: G's class input (integer indices [B] or floating-point
+            conditions [B, ...], see :func:`check_classes`), the same for z₀ and z; or None.
         steps, step_size, radius: I-FGSM steps, ε and the ℓ∞ radius r (numbers or [B]);
             r > 0 (at r = 0 the only candidate is z₀, where the ratio is 0/0).
         bounds: optional (lower, upper) box.
@@ -335,12 +395,14 @@ def hard_pair(
         raise TypeError(f"z0 must be a floating-point tensor [B, ...], got "
                         f"{z0.dtype if isinstance(z0, Tensor) else type(z0).__name__}")
     _check_int("steps", steps, 0)
+    if c is not None:
+        check_classes(c, z0.shape[0])
     _check_amount("step_size", step_size, z0.shape[0])
     # r = 0 leaves z = z0, where the ratio is 0/0: refuse it rather than report a NaN loss.
     _check_amount("radius", radius, z0.shape[0], positive=True)
     _check_bounds(bounds)
     _check_impl(impl)
-    run = (lambda z: G(z)) if c is None else (lambda z: G(z, c))
+    run = lambda z: _generate(G, z, c)  # noqa: E731
     z0 = z0.detach()
     r = radius.reshape((-1,) + (1,) * (z0.dim() - 1)) if isinstance(radius, Tensor) else radius
     noise = torch.rand(z0.shape, generator=generator, dtype=z0.dtype, device="cpu").to(z0.device)
@@ -357,7 +419,92 @@ def hard_pair(
     return z
 
 
+def sample(
+    G: nn.Module,
+    D: Optional[nn.Module],
+    z: Tensor,
+    *,
+    c: Optional[Tensor] = None,
+    steps: int = 0,
+    step_size: Union[Tensor, Number, None] = None,
+    radius: Union[Tensor, Number, None] = None,
+    bounds: Optional[tuple[Number, Number]] = None,
+    loss: Union[str, LossFn] = "log1m",
+    batch_size: Optional[int] = None,
+    progress: bool = True,
+    impl: str = "auto",
+) -> Sampled:
+    """Samples of a trained generator; with ``steps > 0`` through AdvLatGAN-z (the "+" variants).
+
+    ``sample(G, D, z)`` is ``G(z)`` in eval mode, chunk by chunk. ``sample(G, D, z, steps=n,
+    step_size=ε, radius=r)`` first refines z by :func:`refine` (eq. 5, 6; G and D frozen),
+    then generates from the refined latents: on a vanilla model that is AdvLatGAN-z, on an
+    AdvLatGAN-qua / -div model it is AdvLatGAN-qua+ / -div+ (seed 001, Sec. 4.1 iv–v).
+
+    Args:
+        G: generator, ``G(z)`` or, with ``c``, ``G(z, c)``.
+        D: discriminator (``D(x)`` / ``D(x, c)``); needed only when ``steps > 0``.
+        z: latents z₀ [N, ...] on any device; not modified.
+        c: classes for a conditional pair (integer [N] or floating-point [N, ...]), or None.
+        steps, step_size, radius, bounds, loss, impl: AdvLatGAN-z's settings, as in
+            :func:`refine`; ``steps=0`` samples z as it is.
+        batch_size: latents per chunk, for the refinement and for generating; None: all.
+        progress: progress bar of the refinement.
+
+    Returns:
+        :class:`Sampled` ``(x, z, scores)``: samples [N, ...] on z's device, the latents they
+        come from (refined, or ``z`` itself when ``steps=0``), and refine's [steps + 1] mean
+        D logits (None when ``steps=0``).
+    """
+    if not isinstance(G, nn.Module):
+        raise TypeError(f"G must be an nn.Module, got {type(G).__name__}")
+    if not isinstance(z, Tensor) or not z.is_floating_point() or z.dim() < 1:
+        raise TypeError(f"z must be a floating-point tensor [N, ...], got "
+                        f"{z.dtype if isinstance(z, Tensor) else type(z).__name__}")
+    _check_int("steps", steps, 0)
+    if batch_size is not None:
+        _check_int("batch_size", batch_size, 1)
+    n = z.shape[0]
+    if c is not None:
+        check_classes(c, n)
+    scores = None
+    if steps > 0:
+        if D is None:
+            raise ValueError("D is required when steps > 0 (AdvLatGAN-z scores samples with D)")
+        if step_size is None:
+            raise ValueError("step_size is required when steps > 0")
+        z, scores = refine(G, D, z, c=c, steps=steps, step_size=step_size, radius=radius, bounds=bounds,
+                           loss=loss, batch_size=batch_size, progress=progress, impl=impl)
+    device = model_device(G, z.device)
+    chunk = max(n if batch_size is None else batch_size, 1)
+    parts = []
+    with frozen([G], eval_mode=True), torch.no_grad():
+        # N = 0 still runs G once, on the empty batch: that gives x its shape.
+        for lo in range(0, max(n, 1), chunk):
+            cc = None if c is None else c[lo:lo + chunk].to(device)
+            parts.append(_generate(G, z[lo:lo + chunk].detach().to(device), cc).to(z.device))
+    return Sampled(torch.cat(parts), z, scores)
+
+
 # --- training: AdvLatGAN-qua (Alg. 1) and AdvLatGAN-div (Alg. 2) --------------------------
+
+
+def _real_batch(real: Callable[[int], object], m: int, num_classes: Optional[int]) -> tuple[Tensor, Optional[Tensor]]:
+    """``real(m)``: samples [m, ...], or with ``num_classes`` the pair (samples, classes [m])."""
+    out = real(m)
+    if num_classes is None:
+        return out, None
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError(f"with num_classes, real(m) must return (x, c): samples and their classes, "
+                        f"got {type(out).__name__}")
+    x, c = out
+    check_classes(c, m, name="the classes real(m) returns")
+    if c.is_floating_point():
+        raise TypeError(f"the classes real(m) returns must be integer class indices [{m}], got {c.dtype}")
+    if m and not (0 <= int(c.min()) and int(c.max()) < num_classes):
+        raise ValueError(f"the classes real(m) returns must lie in [0, num_classes={num_classes}), "
+                         f"got {int(c.min())}..{int(c.max())}")
+    return x, c
 
 
 def train_step(
@@ -365,7 +512,7 @@ def train_step(
     D: nn.Module,
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer,
-    real: Callable[[int], Tensor],
+    real: Callable[[int], object],
     *,
     z_dim: int,
     batch_size: int,
@@ -378,6 +525,8 @@ def train_step(
     d_steps: int = 1,
     lambda_ms: float = 1.0,
     gp_weight: float = 10.0,
+    inverse: bool = False,
+    num_classes: Optional[int] = None,
 ) -> dict[str, float]:
     """One generator iteration of AdvLatGAN-qua (Alg. 1) or AdvLatGAN-div (Alg. 2).
 
@@ -388,20 +537,32 @@ def train_step(
       eq. 8 (:func:`hard_pair`, ``latent_steps`` steps in the ball of ``radius``) and
       minimises G's loss on both plus ``lambda_ms`` × MSGAN's mode-seeking loss on the pair.
       With ``latent_steps=0`` the partner is an independent draw: plain MSGAN.
+      ``inverse=True`` searches the partner by eq. 8-inv instead (the ratio maximised: a
+      pair whose generations are already apart), the paper's contrast in Table 1 / Fig. 5.
 
     ``latent_steps=0`` with ``"qua"`` is the vanilla GAN.
+
+    Class-conditional pairs (``num_classes`` set): G is called ``G(z, c)`` and D ``D(x, c)``;
+    ``real(m)`` returns ``(x, c)`` with integer classes c [m] in [0, num_classes). As in
+    Alg. 2, a D update generates its fakes with the real batch's classes (lines 5–6; their
+    eq. 5 latent steps too), the G update draws classes uniformly (line 9), and a -div pair
+    (z₀, z_t) shares its class (eq. 8's G(c, z₀), G(c, z)).
 
     Args:
         G: [B, z_dim] → samples. D: samples → [B] or [B, 1] logits.
         opt_g, opt_d: their optimizers.
-        real: ``real(m)`` returns m real samples on the models' device.
+        real: ``real(m)`` returns m real samples on the models' device (with
+            ``num_classes``: samples and their classes).
         z_dim: latent size; latents are N(0, I) [batch_size, z_dim].
         loss: GAN loss kind (:data:`latentx.losses.GAN_LOSSES`); its G loss also drives
             the eq. 5 latent steps. ``"wgan"`` adds the gradient penalty (``gp_weight``).
+        inverse: eq. 8-inv for ``"div"`` (needs ``latent_steps > 0``).
+        num_classes: number of classes of a conditional pair; None: unconditional.
 
     Returns:
         ``{"loss_d", "loss_g", "score_real", "score_fake"}`` (last D step; mean logits),
-        plus ``"ms_ratio"`` for ``"div"``.
+        plus ``"ms_ratio"`` for ``"div"`` (mean eq. 3 ratio d_I / d_z of the G step's pairs
+        before the update: low for hard pairs, high for eq. 8-inv's).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -409,6 +570,14 @@ def train_step(
     _check_int("batch_size", batch_size, 1)
     _check_int("latent_steps", latent_steps, 0)
     _check_int("d_steps", d_steps, 1)
+    if num_classes is not None:
+        _check_int("num_classes", num_classes, 1)
+    if not isinstance(inverse, bool):
+        raise TypeError(f"inverse must be a bool, got {type(inverse).__name__}")
+    if inverse and method != "div":
+        raise ValueError(f"inverse=True is eq. 8-inv, a method='div' option; got method={method!r}")
+    if inverse and latent_steps == 0:
+        raise ValueError("inverse=True needs latent_steps > 0 (with 0 the partner is a random draw, no search)")
     if method == "div" and latent_steps > 0 and radius is None:
         raise ValueError("method='div' with latent_steps > 0 needs a radius (the eq. 8 ball)")
     device = model_device(G, torch.device("cpu"))
@@ -417,34 +586,39 @@ def train_step(
 
     for _ in range(d_steps):
         z = torch.randn(batch_size, z_dim, device=device)
+        # Drawn before the latent steps: the eq. 5 steps of a conditional pair need the classes.
+        x, c = _real_batch(real, batch_size, num_classes)
         if method == "qua" and latent_steps > 0:
             with frozen([G, D], eval_mode=False):
-                ifgsm(lambda zg: g_objective(_logits(D, G(zg), batch_size)), z, steps=latent_steps,
-                      step_size=step_size, anchor=None if radius is None else z.clone(),
+                ifgsm(lambda zg: g_objective(_logits(D, _generate(G, zg, c), batch_size, c)), z,
+                      steps=latent_steps, step_size=step_size, anchor=None if radius is None else z.clone(),
                       radius=radius, bounds=bounds, where=" of a D step's latents")
         with torch.no_grad():
-            fake = G(z)
-        x = real(batch_size)
-        s_real, s_fake = _logits(D, x, batch_size), _logits(D, fake, batch_size)
+            fake = _generate(G, z, c)
+        s_real, s_fake = _logits(D, x, batch_size, c), _logits(D, fake, batch_size, c)
         loss_d = losses.discriminator_loss(s_real, s_fake, loss)
         if loss == "wgan":
-            loss_d = loss_d + losses.gradient_penalty(D, x, fake, gp_weight)
+            critic = D if c is None else (lambda v: D(v, c))
+            loss_d = loss_d + losses.gradient_penalty(critic, x, fake, gp_weight)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
         stats.update(loss_d=loss_d.item(), score_real=s_real.mean().item(), score_fake=s_fake.mean().item())
 
     z = torch.randn(batch_size, z_dim, device=device)
+    c = None if num_classes is None else torch.randint(num_classes, (batch_size,), device=device)
     with frozen([D], eval_mode=False):
         if method == "qua":
-            loss_g = losses.generator_loss(_logits(D, G(z), batch_size), loss)
+            loss_g = losses.generator_loss(_logits(D, _generate(G, z, c), batch_size, c), loss)
         else:
             if latent_steps > 0:
-                partner = hard_pair(G, z, steps=latent_steps, step_size=step_size, radius=radius, bounds=bounds)
+                partner = hard_pair(G, z, c=c, steps=latent_steps, step_size=step_size, radius=radius,
+                                    inverse=inverse, bounds=bounds)
             else:
                 partner = torch.randn_like(z)
-            x_pair = G(torch.cat([z, partner]))
-            loss_g = losses.generator_loss(_logits(D, x_pair, 2 * batch_size), loss)
+            c_pair = None if c is None else torch.cat([c, c])
+            x_pair = _generate(G, torch.cat([z, partner]), c_pair)
+            loss_g = losses.generator_loss(_logits(D, x_pair, 2 * batch_size, c_pair), loss)
             x0, x1 = x_pair[:batch_size], x_pair[batch_size:]
             loss_g = loss_g + lambda_ms * losses.mode_seeking_loss(x0, x1, z, partner)
             stats["ms_ratio"] = losses.mode_seeking_ratio(x0.detach(), x1.detach(), z, partner).mean().item()
@@ -458,7 +632,7 @@ def train_step(
 def train(
     G: nn.Module,
     D: nn.Module,
-    real: Callable[[int], Tensor],
+    real: Callable[[int], object],
     *,
     iterations: int,
     z_dim: int,
@@ -471,8 +645,9 @@ def train(
     """Train G and D with Adam for ``iterations`` generator iterations of :func:`train_step`.
 
     ``step_kwargs`` go to :func:`train_step` (``method``, ``latent_steps``, ``step_size``,
-    ``radius``, ``loss``, ``d_steps``, ``lambda_ms``, ...). Returns one stats dict per
-    iteration.
+    ``radius``, ``loss``, ``d_steps``, ``lambda_ms``, ``inverse`` for -div with eq. 8-inv,
+    ``num_classes`` for a conditional pair whose ``real(m)`` returns ``(x, c)``, ...).
+    Returns one stats dict per iteration.
     """
     _check_int("iterations", iterations, 0)
     opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
@@ -480,7 +655,7 @@ def train(
     G.train()
     D.train()
     history = []
-    bar = tqdm(range(iterations), disable=not progress, desc=f"train {step_kwargs.get('method', 'qua')}")
+    bar = tqdm(range(iterations), disable=not progress, desc=f"train {step_kwargs.get('method', 'qua')}{'-inv' if step_kwargs.get('inverse') else ''}")
     for _ in bar:
         history.append(train_step(G, D, opt_g, opt_d, real, z_dim=z_dim, batch_size=batch_size, **step_kwargs))
         bar.set_postfix(loss_d=f"{history[-1]['loss_d']:.3f}", loss_g=f"{history[-1]['loss_g']:.3f}", refresh=False)

@@ -4,6 +4,8 @@
   (share of high-quality samples, modes covered, KL of the mode histogram to uniform).
 * Digits: ``sklearn.datasets.load_digits()`` (1,797 real 8×8 digits, in [−1, 1]), a small
   DCGAN pair and a digit classifier whose penultimate layer is the feature space for FID.
+* Conditional digits: a class-conditional version of that pair, G(z, c) and D(x, c) with c
+  the digit class (integer [B]), for AdvLatGAN's conditional use (seed 001 Sec. 3.3).
 
 Factories without arguments (``ring_generator``, ``digits_generator``, ...) are the
 ``module:factory`` entry points ``latentx refine`` loads checkpoints into.
@@ -19,6 +21,7 @@ from torch import Tensor, nn
 
 RING_Z_DIM = 2
 DIGITS_Z_DIM = 32
+DIGITS_CLASSES = 10
 
 
 # --- Ring and Grid (appendix E.1) ---------------------------------------------------------
@@ -188,6 +191,43 @@ class DigitsClassifier(nn.Module):
         return self.head(self.body(x))
 
 
+class ConditionalDigitsGenerator(nn.Module):
+    """Class-conditional DCGAN G for 8×8 digits: z [B, z_dim] and classes c [B] (int64 in
+    [0, classes)) → x [B, 1, 8, 8] in [−1, 1].
+
+    The class enters as a learnt embedding [embed_dim] concatenated to z (the conditional
+    GAN of Mirza & Osindero 2014); the rest is :class:`DigitsGenerator`.
+    """
+
+    def __init__(self, z_dim: int = DIGITS_Z_DIM, classes: int = DIGITS_CLASSES, embed_dim: int = 8):
+        super().__init__()
+        self.embed = nn.Embedding(classes, embed_dim)
+        self.body = DigitsGenerator(z_dim + embed_dim)
+
+    def forward(self, z: Tensor, c: Tensor) -> Tensor:
+        return self.body(torch.cat([z, self.embed(c)], 1))
+
+
+class ConditionalDigitsDiscriminator(nn.Module):
+    """Class-conditional D for 8×8 digits, a projection discriminator (Miyato & Koyama 2018):
+    h = φ(x) [B, 256] from :class:`DigitsDiscriminator`'s convolutions; logit
+    = ψ(h) + ⟨V[c], h⟩ [B], with V a learnt class embedding [classes, 256]."""
+
+    def __init__(self, classes: int = DIGITS_CLASSES):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(32, 64, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(64 * 2 * 2, 1)
+        self.embed = nn.Embedding(classes, 64 * 2 * 2)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        h = self.features(x)
+        return self.head(h).squeeze(1) + (self.embed(c) * h).sum(1)
+
+
 def digits_generator() -> DigitsGenerator:
     """Entry point: the digits G (z_dim 32)."""
     return DigitsGenerator(DIGITS_Z_DIM)
@@ -201,3 +241,13 @@ def digits_discriminator() -> DigitsDiscriminator:
 def digits_classifier() -> DigitsClassifier:
     """Entry point: the digits classifier."""
     return DigitsClassifier()
+
+
+def conditional_digits_generator() -> ConditionalDigitsGenerator:
+    """Entry point: the class-conditional digits G (z_dim 32, 10 classes), called G(z, c)."""
+    return ConditionalDigitsGenerator(DIGITS_Z_DIM, DIGITS_CLASSES)
+
+
+def conditional_digits_discriminator() -> ConditionalDigitsDiscriminator:
+    """Entry point: the class-conditional digits D (10 classes), called D(x, c)."""
+    return ConditionalDigitsDiscriminator(DIGITS_CLASSES)

@@ -337,3 +337,285 @@ def test_hard_pair_bad_steps_are_named():
     G, _ = ring_pair()
     with pytest.raises(TypeError, match="steps"):
         advlat.hard_pair(G, torch.randn(3, 2), steps=2.5, step_size=0.01, radius=0.1)
+
+
+# --- eq. 8-inv in training (issue 17) ---------------------------------------------------------
+
+
+def _div_step(inverse, seed=4):
+    """One -div generator iteration on the digits pair from a fixed state; returns its stats."""
+    torch.manual_seed(0)
+    G, D = synthetic.digits_generator(), synthetic.digits_discriminator()
+    data = torch.rand(64, 1, 8, 8) * 2 - 1
+    opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=1e-3) for m in (G, D))
+    torch.manual_seed(seed)
+    return G, advlat.train_step(G, D, opt_g, opt_d, lambda m: data[:m], z_dim=synthetic.DIGITS_Z_DIM, batch_size=32,
+                                method="div", latent_steps=15, step_size=0.03, radius=0.3, inverse=inverse)
+
+
+def test_inverse_training_moves_the_pair_apart():
+    """The G step's pair: eq. 8 pulls it together (ratio below the random start in the ball),
+    eq. 8-inv pushes it apart (above), from the same state and the same draws."""
+    hard = _div_step(inverse=False)[1]["ms_ratio"]
+    G, easy = _div_step(inverse=True)
+    easy = easy["ms_ratio"]
+    # The start the search moves from: the same draws as train_step's G step (the D step drew one
+    # batch of latents before it; G is unchanged until the G update).
+    torch.manual_seed(0)
+    G0 = synthetic.digits_generator()
+    torch.manual_seed(4)
+    torch.randn(32, synthetic.DIGITS_Z_DIM)
+    z = torch.randn(32, synthetic.DIGITS_Z_DIM)
+    start = advlat.hard_pair(G0.train(), z, steps=0, step_size=0.03, radius=0.3)
+    pair = G0(torch.cat([z, start])).detach()
+    ratio_start = losses.mode_seeking_ratio(pair[:32], pair[32:], z, start).mean().item()
+    assert hard < ratio_start < easy
+    assert easy > 1.5 * hard
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="qua", latent_steps=3, inverse=True), "method='div'"),
+    (dict(method="div", latent_steps=0, radius=0.1, inverse=True), "latent_steps > 0"),
+    (dict(method="div", latent_steps=2, radius=0.1, inverse=1), "inverse must be a bool"),
+])
+def test_inverse_bad_use_is_named(kwargs, match):
+    G, D, real = _ring_setup(0)
+    with pytest.raises((TypeError, ValueError), match=match):
+        advlat.train(G, D, real, iterations=1, z_dim=2, progress=False, **kwargs)
+
+
+# --- the "+" variants: trained model sampled through AdvLatGAN-z ---------------------------------
+
+
+@pytest.mark.parametrize("method, step", [("qua", dict(latent_steps=3, step_size=0.02)),
+                                          ("div", dict(latent_steps=3, step_size=0.02, radius=0.1))])
+def test_plus_variant_equals_training_then_refine_by_hand(method, step):
+    """AdvLatGAN-qua+ / -div+ in one call (sample with steps) = the same training, then an
+    eager I-FGSM loop and G by hand."""
+    z0 = torch.randn(300, 2, generator=torch.Generator().manual_seed(5))
+    ball = dict(radius=0.05, bounds=(-2.5, 2.5))
+    G, D, real = _ring_setup(2)
+    advlat.train(G, D, real, iterations=20, z_dim=2, batch_size=32, lr=1e-3, method=method, progress=False, **step)
+    plus = advlat.sample(G, D, z0, steps=25, step_size=0.01, batch_size=128, progress=False, **ball)
+
+    G2, D2, real2 = _ring_setup(2)
+    advlat.train(G2, D2, real2, iterations=20, z_dim=2, batch_size=32, lr=1e-3, method=method, progress=False, **step)
+    z_hand, scores_hand = eager_ifgsm(G2.eval(), D2.eval(), z0, 25, 0.01, **ball)
+    with torch.no_grad():
+        x_hand = G2(z_hand)
+    torch.testing.assert_close(plus.z, z_hand, rtol=0, atol=0)
+    torch.testing.assert_close(plus.x, x_hand, rtol=0, atol=0)
+    torch.testing.assert_close(plus.scores, scores_hand)
+    plain = advlat.sample(G, D, z0, progress=False)  # the same model without "+"
+    assert plain.scores is None and torch.equal(plain.z, z0)
+    assert not torch.equal(plain.x, plus.x)
+    with torch.no_grad():
+        assert D(plus.x).mean() > D(plain.x).mean()  # the "+" moves samples where D scores them higher
+
+
+def test_sample_without_steps_is_g_in_eval_mode():
+    G, _ = digits_pair()
+    G.train()
+    z = torch.randn(50, synthetic.DIGITS_Z_DIM)
+    out = advlat.sample(G, None, z, batch_size=16)
+    assert G.training  # mode restored
+    with torch.no_grad():
+        expected = G.eval()(z)
+    torch.testing.assert_close(out.x, expected)
+    empty = advlat.sample(G, None, z[:0])
+    assert empty.x.shape == (0, 1, 8, 8)
+    with pytest.raises(ValueError, match="D is required"):
+        advlat.sample(G, None, z, steps=2, step_size=0.1)
+    with pytest.raises(ValueError, match="step_size is required"):
+        advlat.sample(G, synthetic.digits_discriminator(), z, steps=2)
+
+
+# --- class-conditional generators (G(z, c), D(x, c)) on load_digits() classes -------------------------
+
+
+def conditional_digits_pair():
+    torch.manual_seed(21)
+    G, D = synthetic.conditional_digits_generator(), synthetic.conditional_digits_discriminator()
+    for m in G.modules():  # non-trivial BatchNorm statistics for eval mode
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    return G.eval(), D.eval()
+
+
+@pytest.fixture(scope="module")
+def digits_data():
+    pytest.importorskip("sklearn")
+    return synthetic.load_digits_tensor()
+
+
+def eager_conditional_ifgsm(G, D, z0, c, steps, eps, radius=None):
+    """Conditional AdvLatGAN-z by hand: I-FGSM on log(1 − D(G(z, c), c)), c held fixed."""
+    z = z0.clone()
+    for _ in range(steps):
+        z.requires_grad_(True)
+        (g,) = torch.autograd.grad(-F.softplus(D(G(z, c), c)).sum(), z)
+        z = z.detach() - eps * torch.sign(g)
+        if radius is not None:
+            z = torch.minimum(torch.maximum(z, z0 - radius), z0 + radius)
+    return z
+
+
+def test_conditional_refine_equals_hand_loop(digits_data):
+    _, labels = digits_data
+    G, D = conditional_digits_pair()
+    c = labels[:40]
+    z0 = torch.randn(40, synthetic.DIGITS_Z_DIM, generator=torch.Generator().manual_seed(3))
+    expected = eager_conditional_ifgsm(G, D, z0, c, 10, 0.02, radius=0.1)
+    z, scores = advlat.refine(G, D, z0, c=c, steps=10, step_size=0.02, radius=0.1, batch_size=16, progress=False)
+    torch.testing.assert_close(z, expected, rtol=0, atol=0)
+    assert scores[-1] > scores[0]
+    other = advlat.refine(G, D, z0, c=(c + 1) % 10, steps=10, step_size=0.02, radius=0.1, progress=False).z
+    assert not torch.equal(other, z)  # the class is used
+    out = advlat.sample(G, D, z0, c=c, steps=10, step_size=0.02, radius=0.1, batch_size=16, progress=False)
+    with torch.no_grad():
+        torch.testing.assert_close(out.x, G(expected, c), rtol=0, atol=0)
+
+
+def test_conditional_hard_pair_uses_the_class(digits_data):
+    _, labels = digits_data
+    G, _ = conditional_digits_pair()
+    c, z0 = labels[:24], torch.randn(24, synthetic.DIGITS_Z_DIM)
+    kw = dict(steps=10, step_size=0.03, radius=0.3)
+    hard = advlat.hard_pair(G, z0, c=c, generator=torch.Generator().manual_seed(1), **kw)
+    easy = advlat.hard_pair(G, z0, c=c, inverse=True, generator=torch.Generator().manual_seed(1), **kw)
+    with torch.no_grad():
+        ratio = lambda z: losses.mode_seeking_ratio(G(z0, c), G(z, c), z0, z).mean()  # noqa: E731
+        assert ratio(hard) < ratio(easy)
+    other = advlat.hard_pair(G, z0, c=(c + 3) % 10, generator=torch.Generator().manual_seed(1), **kw)
+    assert not torch.equal(other, hard)
+
+
+def _digits_real(images, labels):
+    counter = iter(range(10**6))
+
+    def real(m):  # fixed slices, no RNG draws: the hand-written loop sees the same batches
+        lo = (next(counter) * m) % (len(images) - m)
+        return images[lo:lo + m], labels[lo:lo + m]
+    return real
+
+
+def test_conditional_vanilla_step_equals_hand_written_cgan(digits_data):
+    """Conditional train_step with latent_steps=0 = a hand-written conditional GAN: D's fakes use
+    the real batch's classes (Alg. 2, lines 5–6), G's classes are drawn uniformly (line 9)."""
+    images, labels = digits_data
+    torch.manual_seed(8)
+    G, D = synthetic.conditional_digits_generator(), synthetic.conditional_digits_discriminator()
+    G2, D2 = synthetic.conditional_digits_generator(), synthetic.conditional_digits_discriminator()
+    G2.load_state_dict(G.state_dict())
+    D2.load_state_dict(D.state_dict())
+    # SGD, not Adam: G's biases before BatchNorm get gradients of pure round-off, which Adam
+    # would scale up to lr-sized steps that differ between two equal computations.
+    opt = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (G, D, G2, D2)]
+    real, real2 = _digits_real(images, labels), _digits_real(images, labels)
+    torch.manual_seed(11)
+    for _ in range(3):
+        advlat.train_step(G, D, opt[0], opt[1], real, z_dim=synthetic.DIGITS_Z_DIM, batch_size=16, num_classes=10)
+    torch.manual_seed(11)
+    bce = F.binary_cross_entropy_with_logits
+    for _ in range(3):
+        z = torch.randn(16, synthetic.DIGITS_Z_DIM)
+        x, c = real2(16)
+        with torch.no_grad():
+            fake = G2(z, c)
+        loss_d = bce(D2(x, c), torch.ones(16)) + bce(D2(fake, c), torch.zeros(16))
+        opt[3].zero_grad()
+        loss_d.backward()
+        opt[3].step()
+        z = torch.randn(16, synthetic.DIGITS_Z_DIM)
+        c = torch.randint(10, (16,))
+        opt[2].zero_grad()
+        bce(D2(G2(z, c), c), torch.ones(16)).backward()
+        opt[2].step()
+    for a, b in zip(list(G.parameters()) + list(D.parameters()), list(G2.parameters()) + list(D2.parameters())):
+        torch.testing.assert_close(a, b)
+
+
+class RecordingD(nn.Module):
+    """D(x, c) that records the classes it is called with."""
+
+    def __init__(self, D):
+        super().__init__()
+        self.D, self.seen = D, []
+
+    def forward(self, x, c):
+        self.seen.append(c.clone())
+        return self.D(x, c)
+
+
+@pytest.mark.parametrize("method, step", [("qua", dict(latent_steps=3, step_size=0.02)),
+                                          ("div", dict(latent_steps=3, step_size=0.02, radius=0.2)),
+                                          ("div", dict(latent_steps=3, step_size=0.02, radius=0.2, inverse=True))])
+def test_conditional_training_on_digits(digits_data, method, step):
+    images, labels = digits_data
+    torch.manual_seed(2)
+    G, D = synthetic.conditional_digits_generator(), RecordingD(synthetic.conditional_digits_discriminator())
+    real = _digits_real(images, labels)
+    history = advlat.train(G, D, real, iterations=3, z_dim=synthetic.DIGITS_Z_DIM, batch_size=16, num_classes=10,
+                           method=method, progress=False, **step)
+    assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
+    # Every call of D sees one class per sample; in the first D step the real batch's classes
+    # (the eq. 5 latent steps of -qua included).
+    assert all(c.shape in ((16,), (32,)) and c.dtype == torch.int64 for c in D.seen)
+    first = labels[:16]
+    d_step_calls = 3 + 2 if method == "qua" else 2  # qua: 3 latent steps, then the real and fake scores
+    assert all(torch.equal(c, first) for c in D.seen[:d_step_calls])
+    if method == "div":  # the G step's pair shares its classes
+        pair = D.seen[2]
+        assert pair.shape == (32,) and torch.equal(pair[:16], pair[16:])
+
+
+def _bad_classes():
+    return [(torch.tensor([0, 1, 2]), ValueError, "c must hold one class per latent"),
+            (torch.zeros(4), TypeError, "c must be integer class indices.*use c.long"),
+            (torch.zeros(4, dtype=torch.bool), TypeError, "c must be integer class indices"),
+            (torch.zeros(4, 2, dtype=torch.int64), TypeError, "c must be integer class indices"),
+            ([0, 1, 2, 3], TypeError, "c must be a tensor")]
+
+
+@pytest.mark.parametrize("bad, error, match", _bad_classes())
+@pytest.mark.parametrize("call", ["refine", "sample", "hard_pair"])
+def test_bad_class_input_is_named(call, bad, error, match):
+    G, D = conditional_digits_pair()
+    z = torch.randn(4, synthetic.DIGITS_Z_DIM)
+    with pytest.raises(error, match=match):
+        if call == "refine":
+            advlat.refine(G, D, z, c=bad, steps=1, step_size=0.1, progress=False)
+        elif call == "sample":
+            advlat.sample(G, D, z, c=bad, steps=1, step_size=0.1, progress=False)
+        else:
+            advlat.hard_pair(G, z, c=bad, steps=1, step_size=0.1, radius=0.1)
+
+
+def test_float_conditions_are_accepted():
+    """Floating-point conditions [N, K] (one-hot rows) pass through to G and D as they are."""
+    net, head = nn.Linear(6, 3), nn.Linear(3 + 4, 1)
+    G = nn.Module()
+    G.forward = lambda z, c: net(torch.cat([z, c], 1))
+    G.net = net
+    D = nn.Module()
+    D.forward = lambda x, c: head(torch.cat([x, c], 1))
+    D.head = head
+    z, c = torch.randn(5, 2), F.one_hot(torch.arange(5) % 4, 4).float()
+    out = advlat.refine(G, D, z, c=c, steps=3, step_size=0.05, progress=False)
+    assert out.z.shape == z.shape and not torch.equal(out.z, z)
+
+
+@pytest.mark.parametrize("classes, error, match", [
+    (lambda m: torch.zeros(m), TypeError, "integer class indices"),
+    (lambda m: torch.full((m,), 10), ValueError, r"\[0, num_classes=10\)"),
+    (lambda m: torch.zeros(m + 1, dtype=torch.int64), ValueError, "one class per latent"),
+    (None, TypeError, r"must return \(x, c\)"),
+])
+def test_training_bad_real_classes_are_named(digits_data, classes, error, match):
+    images, _ = digits_data
+    G, D = conditional_digits_pair()
+    real = (lambda m: images[:m]) if classes is None else (lambda m: (images[:m], classes(m)))
+    with pytest.raises(error, match=match):
+        advlat.train(G.train(), D.train(), real, iterations=1, z_dim=synthetic.DIGITS_Z_DIM, batch_size=8,
+                     num_classes=10, progress=False)
