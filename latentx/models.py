@@ -19,6 +19,12 @@ weights ship in the PyPI package ``gan_face_generate`` (MIT; ``pip install --no-
 gan_face_generate==1.1.1``) and loads them with ``torch.load(weights_only=True)``;
 ``load("package.module:factory", checkpoint=path)`` builds any ``nn.Module`` and loads a
 state dict the same way.
+
+Class-conditional generators (seed 003's setting; c = W·onehot with a class table):
+``load("biggan-deep-128" | "biggan-deep-256" | "biggan-deep-512", checkpoint=path)`` builds
+BigGAN-deep from ``pytorch-pretrained-biggan``'s architecture around a user's local weight file
+(``latentx.biggan``; never downloads); ``load("digits-cgan")`` is a small conditional GAN
+trained on sklearn's digits that ships with latentx (``latentx.digits_cgan``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+
+from latentx.biggan import BIGGAN_NAMES
 
 __all__ = ["Generator", "load", "FACE_DCGAN_BOX", "FACE_DCGAN_PACKAGE"]
 
@@ -219,6 +227,12 @@ def _state_dict_from(obj: Any, key: Optional[str], path: str) -> dict:
     raise KeyError(f"load: cannot find a state dict in {path} (it holds {keys}); pass key=")
 
 
+def _no_overrides(spec: str, **given: Any) -> None:
+    extra = sorted(k for k, v in given.items() if v is not None)
+    if extra:
+        raise ValueError(f"load({spec!r}) defines its own architecture: it takes no {', '.join(extra)}")
+
+
 def load(spec: str = "face-dcgan", checkpoint: Optional[str] = None, *, key: Optional[str] = None,
          z_dim: Optional[int] = None, latent_shape: Optional[Sequence[int]] = None,
          class_embedding: Optional[Tensor] = None, truncation: Optional[float] = None,
@@ -228,9 +242,12 @@ def load(spec: str = "face-dcgan", checkpoint: Optional[str] = None, *, key: Opt
 
     Args:
         spec: ``"face-dcgan"`` (the embedded default: the 64×64 face DCGAN of
-            ``gan_face_generate``, z [N, 100], typical face box :data:`FACE_DCGAN_BOX`), or
-            ``"package.module:factory"``: ``factory(**factory_kwargs)`` returns an
-            ``nn.Module`` (or a ready :class:`Generator`).
+            ``gan_face_generate``, z [N, 100], typical face box :data:`FACE_DCGAN_BOX`),
+            ``"digits-cgan"`` (the shipped conditional digits GAN: z [N, 32], class table
+            [10, 16], 32×32), ``"biggan-deep-128"`` / ``"-256"`` / ``"-512"`` (needs
+            ``checkpoint``; ``factory_kwargs`` may set ``bn_truncation``; see
+            :func:`latentx.biggan.load_biggan`), or ``"package.module:factory"``:
+            ``factory(**factory_kwargs)`` returns an ``nn.Module`` (or a ready :class:`Generator`).
         checkpoint: a state dict file for the factory's module, read with
             ``torch.load(weights_only=True)``; ``key`` picks an entry of a dict checkpoint.
         z_dim: the latent's dimension; default the module's ``z_dim`` / ``nz`` / ``dim_z``.
@@ -244,8 +261,21 @@ def load(spec: str = "face-dcgan", checkpoint: Optional[str] = None, *, key: Opt
             raise ValueError("load('face-dcgan') takes no checkpoint or factory arguments")
         return _load_face_dcgan(device, latent_shape=latent_shape, truncation=truncation,
                                 object_box=object_box)
+    if spec in BIGGAN_NAMES:
+        from latentx.biggan import load_biggan
+
+        _no_overrides(spec, z_dim=z_dim, latent_shape=latent_shape, class_embedding=class_embedding)
+        return load_biggan(spec, checkpoint, key=key, truncation=truncation, object_box=object_box,
+                           device=device, **factory_kwargs)
+    if spec in ("digits-cgan", "digits_cgan"):
+        from latentx.digits_cgan import load_digits_cgan
+
+        _no_overrides(spec, z_dim=z_dim, latent_shape=latent_shape, class_embedding=class_embedding,
+                      key=key, **factory_kwargs)
+        return load_digits_cgan(checkpoint, device=device, truncation=truncation, object_box=object_box)
     if ":" not in spec:
-        raise ValueError(f"load: spec must be 'face-dcgan' or 'package.module:factory', got {spec!r}")
+        raise ValueError(f"load: spec must be 'face-dcgan', 'digits-cgan', one of {', '.join(BIGGAN_NAMES)} "
+                         f"or 'package.module:factory', got {spec!r}")
     module_name, attr = spec.split(":", 1)
     try:
         module = importlib.import_module(module_name)
