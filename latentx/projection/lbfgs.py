@@ -21,13 +21,16 @@ What it follows (written here on torch ops):
   a row solved here takes the steps torch's L-BFGS with ``line_search_fn="strong_wolfe"``
   would take up to the details of the line search.
 
-Box bounds (``lower`` ≤ x ≤ ``upper`` per coordinate, ±inf for none): every evaluated point is
-P(x + td), the projection onto the box, so the line search runs along the projected path
-φ(t) = f(P(x + td)), whose derivative is ∇f(P(x + td))ᵀ(d ⊙ free(t)) with free(t) the
-coordinates that are not at a bound there (exact: P is piecewise linear in t). Components of
-d that point out of the box at a coordinate already on its bound are zeroed before the
-search; a direction that is then not a descent direction is replaced by the projected
-steepest descent, and the row's history is cleared.
+Box bounds (``lower`` ≤ x ≤ ``upper`` per coordinate, ±inf for none), as the projected
+quasi-Newton method of Kim, Sra & Dhillon (SIAM J. Sci. Comput. 2010) handles them: the
+coordinates on a bound whose gradient pushes out of the box are held, and the two-loop
+recursion runs on the other (free) coordinates of the gradient and of the stored pairs; every
+evaluated point is P(x + td), the projection onto the box, so the line search runs along the
+projected path φ(t) = f(P(x + td)), whose derivative is ∇f(P(x + td))ᵀ(d ⊙ free(t)) with
+free(t) the coordinates not at a bound there (exact: P is piecewise linear in t). Components
+of d that point out of the box at a coordinate on its bound are zeroed; a direction that is
+then not a descent direction is replaced by the projected steepest descent, and the row's
+history is cleared.
 """
 
 from __future__ import annotations
@@ -176,25 +179,37 @@ def batched_lbfgs(
         if not bool(running.any()):
             break
 
-        # --- direction: the two-loop recursion (N&W Algorithm 7.4), every row at once ----
-        q = g.clone()
+        # --- direction: the two-loop recursion (N&W Algorithm 7.4), every row at once, in
+        # the free subspace: coordinates on a bound whose gradient pushes out of the box are
+        # held (with no bounds this is the plain recursion)
+        free = (projected_gradient(x, g) != 0) | ((x > lo_b) & (x < hi_b))
+        bounded = not bool(free.all())
+        q = g * free if bounded else g.clone()
         n_pairs = int(pairs[running].max()) if bool(running.any()) else 0
-        alphas = []
+        alphas, pair_rho = [], []
         for j in range(n_pairs):  # newest to oldest
             slot = (head - 1 - j) % m
-            valid = j < pairs
             s_j, y_j, r_j = s_hist[ar, slot], y_hist[ar, slot], rho[ar, slot]
+            valid = j < pairs
+            if bounded:  # the pair restricted to the free coordinates
+                s_j, y_j = s_j * free, y_j * free
+                ys_j = (s_j * y_j).sum(1)
+                valid = valid & (ys_j > 1e-10)
+                r_j = 1.0 / torch.where(valid, ys_j, torch.ones_like(ys_j))
             a = torch.where(valid, r_j * (s_j * q).sum(1), torch.zeros_like(r_j))
             q = q - a[:, None] * y_j
             alphas.append(a)
+            pair_rho.append((valid, r_j))
         r = q * h_diag[:, None]
         for j in reversed(range(n_pairs)):  # oldest to newest
             slot = (head - 1 - j) % m
-            valid = j < pairs
-            s_j, y_j, r_j = s_hist[ar, slot], y_hist[ar, slot], rho[ar, slot]
+            s_j, y_j = s_hist[ar, slot], y_hist[ar, slot]
+            if bounded:
+                s_j, y_j = s_j * free, y_j * free
+            valid, r_j = pair_rho[j]
             b = r_j * (y_j * r).sum(1)
             r = r + s_j * torch.where(valid, alphas[j] - b, torch.zeros_like(b))[:, None]
-        d = feasible(x, -r)
+        d = feasible(x, -r * free if bounded else -r)
         gtd = (g * d).sum(1)
         # not a descent direction (possible once bounds cut d): projected steepest descent,
         # and the history starts again
