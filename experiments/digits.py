@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from latentx import advlat, metrics, synthetic
+from latentx._atomic import atomic_torch_save
 
 HERE = Path(__file__).resolve().parent
 
@@ -111,7 +112,7 @@ def main() -> None:
         G, D = train_gan(images, args.iterations, args.seed)
         gan_seconds = time.time() - t0
         for name, model in (("generator", G), ("discriminator", D), ("classifier", clf)):
-            torch.save(model.state_dict(), paths[name])
+            atomic_torch_save(model.state_dict(), paths[name])  # all exist => all whole
         (ckpt_dir / "digits_training.json").write_text(json.dumps(
             {"classifier_test_accuracy": accuracy, "gan_iterations": args.iterations, "gan_train_seconds": gan_seconds,
              "seed": args.seed, "threads": args.threads}, indent=2) + "\n")

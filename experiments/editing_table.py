@@ -55,8 +55,8 @@ import numpy as np
 import torch
 
 from latentx import attributes, edit, models
+from latentx._atomic import atomic_torch_save, atomic_write_json
 from latentx.cli.edit import first_layer
-from latentx.cli.project import write_json_atomic
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("GANSpace", "InterFaceGAN", "SGF", "CG")
@@ -300,16 +300,16 @@ def main(argv=None) -> int:
     # The judge's goal sits at the steering goal's quantile of the bank (the judge's scale is its own).
     judge_bank_path = work / "judge_bank.pt"
     if not judge_bank_path.exists():
-        torch.save(evaluate(G, judge, bank.z[:2000], args.chunk_size), judge_bank_path)
+        atomic_torch_save(evaluate(G, judge, bank.z[:2000], args.chunk_size), judge_bank_path)
     judge_bank = torch.load(judge_bank_path, weights_only=True)
     for seed in range(len(records), args.seeds):
         records.append(run_seed(seed, args, G, phi, judge, bank, judge_bank, work))
-        write_json_atomic(partial, {"settings": settings, "records": records})
+        atomic_write_json(partial, {"settings": settings, "records": records})
     summary, table = summarise(records)
     meta = {"settings": settings, "machine": f"{platform.machine()} {platform.processor()}, "
             f"{torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}",
             "date": time.strftime("%Y-%m-%d"), "minutes": (time.time() - started) / 60}
-    write_json_atomic(out / "results" / "editing_table.json", {**meta, "summary": summary, "records": records})
+    atomic_write_json(out / "results" / "editing_table.json", {**meta, "summary": summary, "records": records})
     header = (f"# Seed 000 Table 1 on the face DCGAN (MDS, mean ± std over {args.seeds} seeds)\n\n"
               f"Settings: {json.dumps(settings)}\n\n")
     (out / "results" / "editing_table.md").write_text(header + table + "\n")

@@ -49,7 +49,8 @@ import torch
 import torch.nn.functional as F
 
 from latentx import models
-from latentx.cli.project import ASTRONAUT_FACE_BOX, write_json_atomic
+from latentx._atomic import atomic_write_json
+from latentx.cli.project import ASTRONAUT_FACE_BOX
 from latentx.projection import default_lpips, invert_images, project
 from latentx.transforms import SpatialTransform
 
@@ -231,7 +232,7 @@ def run(args) -> dict:
             row["per target best total"] = res.losses["total"].min(1).values.tolist()
             done[key] = row
             print(f"{key}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
-            write_json_atomic(partial_path, {"config": config, "rows": done})
+            atomic_write_json(partial_path, {"config": config, "rows": done})
     return {"config": config, "rows": done, "targets": {g: tg["names"] for g, tg in groups.items()}}
 
 
@@ -280,7 +281,7 @@ def main() -> None:
     result = run(args)
     result["total seconds"] = time.perf_counter() - t0
     stem = "projection_table" if args.budget == "reduced" else f"projection_table_{args.budget}"
-    write_json_atomic(args.out / f"{stem}.json", result)
+    atomic_write_json(args.out / f"{stem}.json", result)
     (args.out / f"{stem}.md").write_text(markdown(result))
     (args.out / "projection_table_partial.json").unlink(missing_ok=True)  # complete: nothing to resume
     print(markdown(result))

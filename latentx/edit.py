@@ -75,7 +75,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
@@ -83,6 +82,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from latentx._atomic import atomic_torch_save
 
 __all__ = [
     "SampleBank", "sample_bank", "Boundaries", "interfacegan_boundaries", "conditional_boundary",
@@ -191,19 +192,9 @@ def _attributes(generator, phi, z: Tensor, m: Optional[int] = None) -> Tensor:
     return c
 
 
-def save_atomic(obj, path) -> None:
-    """``torch.save(obj, path)`` so that ``path`` is either absent or complete: written to a
-    temporary file in the same folder, then renamed over it (resuming relies on this)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+# ``torch.save`` atomically and durably (temporary file, fsync, rename, folder fsync; removed on
+# failure): the one implementation in latentx._atomic, kept here under its old name.
+save_atomic = atomic_torch_save
 
 
 def _progress(total: int, progress: bool, desc: str):

@@ -41,5 +41,5 @@ if [ "${LATENTX_REQUIRE_NVCC:-0}" = 1 ]; then
   build_flags+=(-C cmake.define.LATENTX_REQUIRE_NVCC=ON)
 fi
 pip install -q --disable-pip-version-check -c constraints.txt --no-build-isolation \
-  "${build_flags[@]}" -e ".[test]"
+  "${build_flags[@]}" -e ".[test,figures]"
 python -c "import latentx; print('latentx installed; backend:', latentx.backend()['impl'])"

@@ -43,7 +43,8 @@ import torch
 from torch import Tensor
 
 from latentx import _threads
-from latentx.cli.project import to_uint8, write_json_atomic, write_png
+from latentx._atomic import atomic_write_json
+from latentx.images import to_uint8, write_png
 
 METHODS = ("cg", "sgf", "interfacegan", "ganspace")
 
@@ -155,7 +156,7 @@ def _check_config(out: Path, config: dict) -> None:
             raise ValueError(f"--out {out} holds a run with other settings ({', '.join(changed)}): "
                              "use a new folder, or delete that one")
     else:
-        write_json_atomic(path, config)
+        atomic_write_json(path, config)
 
 
 def write_grid(path: Path, images: Tensor, *, max_columns: int = 9) -> list[int]:
@@ -243,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
         images = torch.stack([_images_of(G, zt.to(device), args.chunk_size) for zt in trajectory])
     columns = write_grid(out / "grid.png", images)
     before, after = result.attributes_before, result.attributes
-    write_json_atomic(out / "attributes.json", {
+    atomic_write_json(out / "attributes.json", {
         "method": args.method, "targets": targets, "names": list(phi.names), "grid_columns": columns,
         "sources": [{"before": dict(zip(phi.names, before[i].tolist())), "after": dict(zip(phi.names, after[i].tolist())),
                      "steps": int(result.steps[i]), "converged": bool(result.converged[i])}

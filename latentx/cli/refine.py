@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from latentx import _threads, advlat, losses
+from latentx._atomic import atomic_torch_save, atomic_write_json
 
 SHARD_DIR = "shards"
 
@@ -154,18 +155,6 @@ class Latents:
         return torch.randn((hi - lo,) + self.shape, generator=torch.Generator().manual_seed(seed))
 
 
-def _atomic_write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _atomic_save(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # atomic on POSIX: a reader sees no shard or a whole one
-
-
 def _shard_path(out: Path, k: int) -> Path:
     return out / SHARD_DIR / f"shard-{k:06d}.pt"
 
@@ -250,7 +239,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
         if config_path.exists():
             _check_config(config_path, config)
         else:
-            _atomic_write_json(config_path, config)
+            atomic_write_json(config_path, config, indent=2)
     if distributed:
         dist.barrier()
     if rank != 0:
@@ -271,7 +260,8 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
         z, scores = advlat.refine(G, D, source.shard(k, lo, hi), steps=args.steps, step_size=args.step_size,
                                   radius=args.radius, bounds=bounds, loss=args.loss, batch_size=args.batch_size,
                                   progress=False)
-        _atomic_save(_shard_path(out, k), {"index": k, "start": lo, "stop": hi, "z": z, "scores": scores})
+        atomic_torch_save({"index": k, "start": lo, "stop": hi, "z": z, "scores": scores},
+                          _shard_path(out, k))  # a reader sees no shard or a whole one
         done += 1
         bar.set_postfix(score=f"{scores[0]:.3f}->{scores[-1]:.3f}", refresh=False)
     bar.close()
@@ -294,7 +284,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
                 "mean_score_per_step": (score_sum / max(source.num, 1)).tolist(), "config": config,
                 "world_size": world, "device": str(device),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    _atomic_write_json(out / "manifest.json", manifest)
+    atomic_write_json(out / "manifest.json", manifest, indent=2)
     s = manifest["mean_score_per_step"]
     print(f"latentx refine: {source.num} latents in {n_shards} shards -> {out}; mean D logit {s[0]:.4f} -> {s[-1]:.4f}")
     return 0
