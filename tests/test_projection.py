@@ -637,3 +637,118 @@ def test_budget_is_counted_per_problem_for_every_method(gen, lp, method):
     summary = res.summary()[0]["evaluations"]
     assert summary["latent"]["forward"] == pytest.approx(float(ev["latent"]["forward"][0].double().mean()))
     assert res.to_dict()["evaluations"]["latent"]["backward"] == ev["latent"]["backward"].tolist()
+
+
+# --- failures are loud ------------------------------------------------------------------------
+
+class NaNWhere(nn.Module):
+    """The tiny net, but NaN images for latents with z[coord] > above (and, with
+    ``grad_only``, finite images whose gradient is NaN there)."""
+
+    def __init__(self, net, coord=0, above=1.0, grad_only=False):
+        super().__init__()
+        self.net, self.coord, self.above, self.grad_only = net, coord, above, grad_only
+
+    def forward(self, z):
+        bad = z[:, self.coord] > self.above
+        if self.grad_only:
+            return self.net(_NaNGradient.apply(z, bad))
+        out = self.net(z)
+        return torch.where(bad[:, None, None, None], torch.full_like(out, float("nan")), out)
+
+
+class _NaNGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, bad):
+        ctx.save_for_backward(bad)
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (bad,) = ctx.saved_tensors
+        return torch.where(bad[:, None], torch.full_like(grad, float("nan")), grad), None
+
+
+def _nan_gen(gen, **kw):
+    return models.Generator(NaNWhere(gen.net, **kw), Z_DIM, object_box=(-1, -1, 1, 1), name="nan")
+
+
+def _inits(bad=((1, 1),)):
+    z = _z(4, 81).reshape(2, 2, Z_DIM).clamp(-0.5, 0.5)
+    for b, s in bad:
+        z[b, s, 0] = 1.5
+    return z
+
+
+def test_nonfinite_output_and_gradient_raise_naming_stage_image_seed_step(gen, lp):
+    from latentx.projection import NonFiniteError
+
+    targets = gen(_z(2, 82)).detach()
+    kw = dict(transform=False, seeds=2, seed=0, perceptual=lp, progress=False)
+    with pytest.raises(NonFiniteError, match=r"non-finite generator output in the latent search \(image 1, seed 1, "
+                                             r"step 0\)") as err:
+        project(_nan_gen(gen), targets, method="adam", adam_steps=3, z_init=_inits(), **kw)
+    e = err.value
+    assert (e.stage, e.image, e.seed, e.step, e.what) == ("latent search", 1, 1, 0, "generator output")
+    with pytest.raises(NonFiniteError, match=r"gradient in the latent search \(image 1, seed 1, step 0\)"):
+        project(_nan_gen(gen, grad_only=True), targets, method="adam", adam_steps=3, z_init=_inits(), **kw)
+    with pytest.raises(NonFiniteError, match=r"latent search \(image 0, seed 1, iteration 0\)"):
+        project(_nan_gen(gen), targets, method="lbfgs", lbfgs_steps=4, z_init=_inits(((0, 1),)), **kw)
+    # CMA samples around 0 with sigma 1: some pass z[0] > 0.5 in the first generations
+    with pytest.raises(NonFiniteError, match=r"latent search \(image \d, sample \d, generation \d\)"):
+        project(_nan_gen(gen, above=0.5), targets, method="cma", cma_steps=3, **kw)
+    # stage 1 (a generator that is NaN everywhere)
+    photo = _placed(gen, _z(1, 83), torch.tensor([[0.6, 0.6, 0.1, 0.0, 0.0]]))
+    with pytest.raises(NonFiniteError, match=r"in the transform search \(image 0, sample 0, generation 0, "
+                                             r"Adam step 0\)") as err:
+        project(_nan_gen(gen, above=-10.0), photo, boxes=[[12, 12, 52, 52]], method="adam", adam_steps=1, seeds=4,
+                transform_meta_steps=2, transform_grad_steps=2, seed=0, perceptual=lp, progress=False)
+    assert err.value.stage == "transform search"
+
+
+def test_on_nonfinite_drop_drops_that_seed_and_says_so(gen, lp):
+    from latentx.projection import NonFiniteError
+
+    targets = gen(_z(2, 82)).detach()
+    kw = dict(method="adam", adam_steps=4, transform=False, seeds=2, seed=0, perceptual=lp, progress=False)
+    with pytest.warns(RuntimeWarning, match=r"dropping seed 1 of image 1 in the latent search at step 0: "
+                                            r"non-finite generator output"):
+        res = project(_nan_gen(gen), targets, z_init=_inits(), on_nonfinite="drop", **kw)
+    assert res.dropped.tolist() == [[False, False], [False, True]]
+    assert torch.isnan(res.losses["total"][1, 1]) and res.losses["total"][[0, 0, 1], [0, 1, 0]].isfinite().all()
+    assert int(res.best_seed[1]) == 0 and res.summary()[1]["dropped"] == 1
+    assert res.to_dict()["losses"]["total"][1][1] is None
+    # the other problems are untouched by the dropped one: the same as a run without it
+    clean = project(_nan_gen(gen), targets, z_init=_inits(()), **kw)
+    torch.testing.assert_close(res.z[0], clean.z[0])
+    torch.testing.assert_close(res.z[1, 0], clean.z[1, 0])
+    # a gradient NaN part-way is dropped too (its finite evaluations notwithstanding)
+    with pytest.warns(RuntimeWarning, match="dropping seed 1 of image 1 .* non-finite gradient"):
+        res = project(_nan_gen(gen, grad_only=True), targets, z_init=_inits(), on_nonfinite="drop", **kw)
+    assert res.dropped[1, 1] and not res.dropped[0].any()
+    # an image that loses every seed is an error even so
+    with pytest.warns(RuntimeWarning), pytest.raises(NonFiniteError, match="every one of the 2 seeds of image 0"):
+        project(_nan_gen(gen), targets, z_init=_inits(((0, 0), (0, 1))), on_nonfinite="drop", **kw)
+    # the transform search ranks a NaN sample last and goes on (it does not fall back to φ₀) ...
+    photo = _placed(gen, _z(1, 83), torch.tensor([[0.6, 0.6, 0.1, 0.0, 0.0]]))
+    tkw = dict(boxes=[[12, 12, 52, 52]], method="adam", adam_steps=1, seeds=4, transform_meta_steps=3,
+               transform_grad_steps=2, seed=0, perceptual=lp, progress=False)
+    with pytest.warns(RuntimeWarning, match=r"dropping sample \d of image 0 in the transform search"):
+        res = project(_nan_gen(gen, above=-0.5), photo, on_nonfinite="drop", z_init=torch.full((1, 4, Z_DIM), -1.0),
+                      **tkw)
+    assert (res.phi - res.phi0).abs().max() > 1e-3 and res.history["transform"].isfinite().all()
+    # ... unless no sample of an image is finite
+    with pytest.warns(RuntimeWarning), pytest.raises(NonFiniteError, match="every one of the 4 samples of image 0"):
+        project(_nan_gen(gen, above=-10.0), photo, on_nonfinite="drop", **tkw)
+    with pytest.raises(ValueError, match="on_nonfinite must be 'raise' or 'drop'"):
+        project(gen, targets, on_nonfinite="ignore", **{k: v for k, v in kw.items()})
+
+
+def test_finetune_raises_on_nonfinite_values(bn_projection, lp):
+    from latentx.projection import NonFiniteError, finetune
+
+    g, res = bn_projection
+    bad = models.Generator(NaNWhere(g.net, above=-10.0), Z_DIM, object_box=(-1, -1, 1, 1))
+    with pytest.raises(NonFiniteError, match=r"generator output in the finetune \(image 0, step 0\)") as err:
+        finetune(bad, res, steps=3, perceptual=lp, progress=False)
+    assert err.value.stage == "finetune"

@@ -48,12 +48,12 @@ class NonFiniteError(FloatingPointError):
 
 
 def _where(image: Optional[int], seed: Optional[int], step: Optional[int], generation: Optional[int],
-           step_name: str = "step") -> str:
+           step_name: str = "step", unit: str = "seed") -> str:
     parts = []
     if image is not None:
         parts.append(f"image {image}")
     if seed is not None:
-        parts.append(f"seed {seed}")
+        parts.append(f"{unit} {seed}")
     if generation is not None:
         parts.append(f"generation {generation}")
     if step is not None:
@@ -222,15 +222,15 @@ class Problem:
         if self.on_nonfinite == "raise":
             r, step = rows[0], steps[0]
             b, s = r // self.S, r % self.S
-            loc = _where(b, None, step, generation, step_name)
+            loc = _where(b, s, step, generation, step_name, unit)
             more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
             raise NonFiniteError(
-                f"{self.who}: non-finite {what} in the {stage} ({loc}, {unit} {s}){more}; pass "
+                f"{self.who}: non-finite {what} in the {stage} ({loc}){more}; pass "
                 f"on_nonfinite='drop' to drop such {unit}s and go on",
                 stage=stage, image=b, seed=s, step=step, what=what, generation=generation)
         for r, step in zip(rows, steps):
             b, s = r // self.S, r % self.S
-            loc = _where(b, None, step, generation, step_name)
+            loc = _where(b, s, step, generation, step_name, unit)
             warnings.warn(f"{self.who}: dropping {unit} {s} of image {b} in the {stage} at "
                           f"{_where(None, None, step, generation, step_name)}: non-finite {what} "
                           f"({loc}; on_nonfinite='drop')", RuntimeWarning, stacklevel=4)
