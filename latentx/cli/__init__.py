@@ -12,6 +12,7 @@ import torch
 import latentx
 from latentx import _threads
 from latentx.cli import edit as edit_cli, project as project_cli, refine as refine_cli
+from latentx.cli import train_encoder as train_encoder_cli
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -57,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     project_cli.add_project_arguments(project)
     project.set_defaults(func=project_cli.run_project)
+
+    train_encoder = sub.add_parser(
+        "train-encoder",
+        help="train an encoder E(x) -> z on generator samples (for --method encoder / hybrid)",
+        description=train_encoder_cli.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train_encoder_cli.add_arguments(train_encoder)
+    train_encoder.set_defaults(func=train_encoder_cli.run)
 
     bench = sub.add_parser(
         "bench",
