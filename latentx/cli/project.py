@@ -1,14 +1,32 @@
-"""``latentx project IMAGE [IMAGE ...] [--box x0,y0,x1,y1 ...] --out DIR`` and ``latentx demo``:
-project the object in a photo into a generator with the transform search, composite it back,
-write the pictures.
+"""``latentx project IMAGE|FOLDER ... [--list FILE] [--box x0,y0,x1,y1 ... | --boxes FILE] --out DIR``
+and ``latentx demo``: project the object in a photo into a generator with the transform
+search, composite it back, write the pictures.
 
-Several images: give ``--box`` once per IMAGE, in the same order (or never: the whole
-images). Each image gets its own sub-folder of ``--out`` (named after the file; ``-2``, ``-3``
-... where names repeat); one image writes into ``--out`` itself. Resumable: ``result.json`` is
-written last and atomically (temporary file, then rename), so a folder holding it is
-finished; such images are skipped (``--overwrite`` redoes them), and rerunning an interrupted
-command completes the rest. Every image uses the same ``--seed``, so a resumed run gives
-what an uninterrupted one would.
+Which images: IMAGE arguments are files or folders (a folder's image files, sorted by name,
+not recursive); ``--list FILE`` adds one path per line (relative to FILE's folder, ``#``
+comments). Which box: ``--box`` once per image in order; or ``--boxes FILE``, a JSON object
+``{"photo.jpg": [x0, y0, x1, y1], "other.jpg": null, ...}`` with an entry for every image
+(paths relative to FILE's folder; null: the whole image); or neither: the whole images.
+Boxes are in pixels of the image as a viewer shows it (JPEG EXIF orientation applied), and
+every one is checked against its image's size before the first projection.
+
+One IMAGE file writes into ``--out`` itself. Otherwise each image gets a sub-folder of
+``--out`` named after the file (``-2``, ``-3`` ... where names repeat), ``--out`` holds
+``config.json`` (the settings; a resumed run must match them), and at the end
+``summary.json`` and ``summary.csv`` (every image's status and best / mean-of-seeds losses)
+and a table is printed. An image whose projection raises gets ``error.json`` instead of
+``result.json``; the others go on, the exit status is 1, and a rerun retries it.
+
+Resumable: ``result.json`` is written last, atomically and durably (``latentx._atomic``), so a
+folder holding it for the same image and box is finished; such images are skipped
+(``--overwrite`` redoes them), and running an interrupted or killed command again completes
+the rest. Every image uses the same ``--seed``, so a resumed run gives what an uninterrupted
+one would.
+
+At scale, under ``torchrun --nproc_per_node=N -m latentx.cli project ...`` (gloo; a bare
+``--device cuda`` means each process's ``cuda:LOCAL_RANK``): every process lists the images
+still to do, then rank r projects the r-th, (r + N)-th, ... of them; rank 0 writes the
+summary once all are done.
 
 ``--finetune-steps N`` (default 0: off) fine-tunes a copy of the generator to the best
 projection afterwards (seed 003 eq. 6, :func:`latentx.projection.finetune`); the pictures then
@@ -19,7 +37,7 @@ side, centred on it) and resized to ``--work-size`` pixels: the working frame in
 :func:`latentx.projection.project` searches the transform and the latent. The result is then
 inverse-transformed into the full photo and Poisson-blended in (``latentx.poisson``).
 
-Files written to ``--out``:
+Files written for each image (into ``--out``, or its sub-folder):
 
     target.png             the working crop (what is projected), box outlined
     target_transformed.png T_φ*(crop): the target as the generator is asked to draw it
@@ -27,31 +45,37 @@ Files written to ``--out``:
     inverted.png           T_φ*⁻¹(G(z*)) pasted on the working crop where it lands
     composite.png          the full photo with G(z*) Poisson-blended into the box region
     side_by_side.png       crop | transformed target | projection | composite (crop region)
-    loss_curve.png         transform search: best loss per CMA generation; latent search:
-                           best-of-seeds loss per step
-    result.json            settings, box, crop, φ₀, φ*, ψ in photo coordinates, all latents,
-                           per-seed losses, best/mean-of-seeds summary, wall time
+    loss_curve.png         matplotlib, axes labelled: transform search, best loss per CMA
+                           generation; latent search, best-of-seeds loss per step (needs the
+                           ``figures`` extra; skipped, with a message, without matplotlib)
+    result.json            settings, image and box, crop, φ₀, φ*, ψ in photo coordinates, all
+                           latents, per-seed losses, best/mean-of-seeds summary, wall time
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import datetime
 import math
 import os
-import struct
 import sys
-import tempfile
 import time
-import zlib
+import traceback
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from latentx import _threads
+from latentx._atomic import atomic_write_json
+from latentx.cli import project_batch as batch
+from latentx.figures import matplotlib_available, plot_projection_losses
+# Image I/O lives in latentx.images; these names stay importable from here (tests, benchmarks).
+from latentx.images import array_to_tensor, outline_box, read_image, resize_square, to_uint8, write_png
 from latentx.transforms import SpatialTransform
 
 # The astronaut's face in skimage.data.astronaut() (512×512), pixels (x0, y0, x1, y1): read off
@@ -63,152 +87,6 @@ DEMO_BUDGET = dict(seeds=12, meta_steps=20, grad_steps=20, last_grad_steps=200,
                    transform_meta_steps=20, transform_grad_steps=20)
 PAPER_BUDGET = dict(seeds=18, meta_steps=30, grad_steps=30, last_grad_steps=300,
                     transform_meta_steps=30, transform_grad_steps=30)
-
-
-# --- images in and out ----------------------------------------------------------------------
-
-def write_png(path: os.PathLike, image: np.ndarray) -> None:
-    """Write an 8-bit RGB (H, W, 3) or grey (H, W) PNG with zlib only (no imaging library)."""
-    a = np.asarray(image)
-    if a.dtype != np.uint8:
-        raise TypeError(f"write_png: image must be uint8, got {a.dtype}")
-    if a.ndim == 2:
-        color, a3 = 0, a[:, :, None]
-    elif a.ndim == 3 and a.shape[2] == 3:
-        color, a3 = 2, a
-    else:
-        raise ValueError(f"write_png: image must be (H, W) or (H, W, 3), got {a.shape}")
-    h, w, ch = a3.shape
-    raw = b"".join(b"\x00" + a3[y].tobytes() for y in range(h))
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
-    Path(path).write_bytes(png)
-
-
-def to_uint8(image: Tensor) -> np.ndarray:
-    """[3, H, W] in [−1, 1] → (H, W, 3) uint8."""
-    x = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 0).numpy()
-
-
-def read_image(path: str) -> Tensor:
-    """Read an image file → [3, H, W] float32 in [−1, 1] (grey is repeated, alpha dropped)."""
-    try:
-        from skimage import io as skio
-        a = skio.imread(path)
-    except ImportError:
-        try:
-            from PIL import Image
-        except ImportError as e:
-            raise ImportError("latentx project: reading images needs scikit-image or Pillow "
-                              "(pip install scikit-image)") from e
-        a = np.asarray(Image.open(path).convert("RGB"))
-    return array_to_tensor(a, path)
-
-
-def array_to_tensor(a: np.ndarray, name: str = "image") -> Tensor:
-    a = np.asarray(a)
-    if a.ndim == 2:
-        a = np.repeat(a[:, :, None], 3, axis=2)
-    if a.ndim != 3 or a.shape[2] not in (3, 4):
-        raise ValueError(f"{name}: expected an RGB image (H, W, 3), got shape {a.shape}")
-    a = a[:, :, :3]
-    if a.dtype == np.uint8:
-        x = a.astype(np.float32) / 127.5 - 1
-    elif a.dtype == np.uint16:
-        x = a.astype(np.float32) / 32767.5 - 1
-    else:
-        x = a.astype(np.float32)
-        if x.max() > 1.0 + 1e-6 or x.min() < 0:
-            raise ValueError(f"{name}: float images must lie in [0, 1]")
-        x = 2 * x - 1
-    return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1).contiguous()
-
-
-def _resize(image: Tensor, size: int) -> Tensor:
-    """[3, h, w] → [3, size, size] (antialiased bilinear, or nearest when enlarging ×2+)."""
-    h = image.shape[-1]
-    mode = "nearest" if size >= 2 * h and size % h == 0 else "bilinear"
-    kwargs = {} if mode == "nearest" else {"align_corners": False, "antialias": True}
-    return torch.nn.functional.interpolate(image[None].float(), size=(size, size), mode=mode, **kwargs)[0]
-
-
-def _outline(image: np.ndarray, box: Sequence[float], color=(255, 40, 40), width: int = 2) -> np.ndarray:
-    out = image.copy()
-    h, w = out.shape[:2]
-    x0, y0, x1, y1 = [int(round(v)) for v in box]
-    x0, x1 = max(0, min(w - 1, x0)), max(0, min(w - 1, x1 - 1))
-    y0, y1 = max(0, min(h - 1, y0)), max(0, min(h - 1, y1 - 1))
-    for k in range(width):
-        out[min(h - 1, y0 + k), x0:x1 + 1] = color
-        out[max(0, y1 - k), x0:x1 + 1] = color
-        out[y0:y1 + 1, min(w - 1, x0 + k)] = color
-        out[y0:y1 + 1, max(0, x1 - k)] = color
-    return out
-
-
-def plot_losses(path: Path, transform_best: Optional[np.ndarray], latent_best: np.ndarray,
-                title: str) -> str:
-    """Loss curves with matplotlib when it is installed, otherwise a simple rasterised plot.
-    Returns which renderer was used."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        _plot_raster(path, transform_best, latent_best)
-        return "raster"
-    ncols = 2 if transform_best is not None else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 3.6), squeeze=False)
-    k = 0
-    if transform_best is not None:
-        ax = axes[0, 0]
-        ax.plot(np.arange(1, len(transform_best) + 1), transform_best, marker="o", ms=3)
-        ax.set_xlabel("CMA generation (transform search)")
-        ax.set_ylabel("best photo-frame L_mask")
-        ax.set_title("stage 1: transform φ")
-        ax.grid(alpha=0.3)
-        k = 1
-    ax = axes[0, k]
-    ax.plot(np.arange(1, len(latent_best) + 1), latent_best)
-    ax.set_xlabel("evaluation step (latent search)")
-    ax.set_ylabel("best-of-seeds L_mask (generator frame)")
-    ax.set_yscale("log")
-    ax.set_title("stage 2: latent z")
-    ax.grid(alpha=0.3, which="both")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return "matplotlib"
-
-
-def _plot_raster(path: Path, transform_best: Optional[np.ndarray], latent_best: np.ndarray) -> None:
-    curves = ([transform_best] if transform_best is not None else []) + [latent_best]
-    ph, pw, pad = 200, 320, 10
-    canvas = np.full((ph + 2 * pad, len(curves) * (pw + 2 * pad), 3), 255, np.uint8)
-    for i, y in enumerate(curves):
-        y = np.asarray(y, dtype=np.float64)
-        ox = i * (pw + 2 * pad) + pad
-        canvas[pad:pad + ph, ox] = 0
-        canvas[pad + ph - 1, ox:ox + pw] = 0
-        if len(y) == 0:
-            continue
-        lo, hi = float(np.min(y)), float(np.max(y))
-        span = hi - lo if hi > lo else 1.0
-        xs = np.linspace(0, pw - 1, num=max(len(y), 2))
-        ys = (ph - 1) - (y - lo) / span * (ph - 1) if len(y) > 1 else np.full(2, ph / 2)
-        for j in range(len(xs) - 1):
-            n = int(max(abs(xs[j + 1] - xs[j]), abs(ys[min(j + 1, len(ys) - 1)] - ys[j]), 1)) + 1
-            for t in np.linspace(0, 1, n):
-                px = int(round(xs[j] + t * (xs[j + 1] - xs[j])))
-                py = int(round(ys[j] + t * (ys[min(j + 1, len(ys) - 1)] - ys[j])))
-                canvas[pad + py, ox + px] = (30, 90, 200)
-    write_png(path, canvas)
 
 
 # --- the pipeline ---------------------------------------------------------------------------
@@ -232,7 +110,7 @@ def crop_transform(box: Sequence[float], photo_size: Sequence[int], context: flo
 def run_projection(photo: Tensor, box: Sequence[float], out: Path, *, generator=None, method: str = "basincma",
                    transform=True, device: str = "cpu", work_size: int = 128, context: float = 2.0,
                    seed: int = 0, budget: Optional[dict] = None, label: str = "image",
-                   extra: Optional[dict] = None, finetune_steps: int = 0) -> dict:
+                   extra: Optional[dict] = None, finetune_steps: int = 0, progress: bool = True) -> dict:
     """Project ``box`` of ``photo`` [3, H, W] in [−1, 1]; write everything to ``out``; return
     the JSON summary. ``finetune_steps`` > 0: then fine-tune a copy of the generator for at
     most that many Adam steps (seed 003 eq. 6) and picture its output. ``result.json`` is
@@ -265,12 +143,12 @@ def run_projection(photo: Tensor, box: Sequence[float], out: Path, *, generator=
     if isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int) or finetune_steps < 0:
         raise ValueError(f"--finetune-steps must be an integer >= 0, got {finetune_steps!r}")
     res = project(generator, crop.clamp(-1, 1), boxes=[box_crop], method=method, transform=transform,
-                  seed=seed, progress=True, **budget)
+                  seed=seed, progress=progress, **budget)
     best = res.best()
     s = int(res.best_seed[0])
     ft = None
     if finetune_steps > 0:
-        ft = finetune(generator, res, steps=finetune_steps, progress=True)
+        ft = finetune(generator, res, steps=finetune_steps, progress=progress)
     phi = (res.phi[0] if ft is None else ft.phi[0]).to(torch.float64).cpu()
     # ψ from the generator frame into the full photo: κ after ψ* (crop first, then ψ*)
     psi_photo = SpatialTransform(kappa.params.to(torch.float64)).then(SpatialTransform(phi[:4]))
@@ -298,14 +176,14 @@ def run_projection(photo: Tensor, box: Sequence[float], out: Path, *, generator=
 
     P = 192
     target_u8 = to_uint8(crop[0])
-    write_png(out / "target.png", _outline(target_u8, box_crop))
+    write_png(out / "target.png", outline_box(target_u8, box_crop))
     write_png(out / "target_transformed.png", to_uint8(target_t))
     write_png(out / "projection.png", to_uint8(gen_best[0]))
     write_png(out / "inverted.png", to_uint8(pasted))
     write_png(out / "composite.png", to_uint8(composite))
-    panels = [_outline(to_uint8(_resize(crop[0].cpu(), P)), [v * P / work_size for v in box_crop]),
-              to_uint8(_resize(target_t.cpu(), P)), to_uint8(_resize(gen_best[0].cpu(), P)),
-              to_uint8(_resize(comp_crop.cpu(), P))]
+    panels = [outline_box(to_uint8(resize_square(crop[0].cpu(), P)), [v * P / work_size for v in box_crop]),
+              to_uint8(resize_square(target_t.cpu(), P)), to_uint8(resize_square(gen_best[0].cpu(), P)),
+              to_uint8(resize_square(comp_crop.cpu(), P))]
     gap = np.full((P, 6, 3), 255, np.uint8)
     row = [panels[0]]
     for p in panels[1:]:
@@ -315,8 +193,17 @@ def run_projection(photo: Tensor, box: Sequence[float], out: Path, *, generator=
     lat = res.history["latent"][0]  # [S, T]
     latent_best = lat.min(0).values.cpu().numpy() if lat.numel() else np.zeros(0)
     t_best = res.history["transform"][0].cpu().numpy() if "transform" in res.history else None
-    renderer = plot_losses(out / "loss_curve.png", t_best, latent_best,
-                           f"{label}: {method}{' + transform' if transform is True else ''}")
+    files = ["target.png", "target_transformed.png", "projection.png", "inverted.png", "composite.png",
+             "side_by_side.png"]
+    renderer = None
+    if matplotlib_available():
+        plot_projection_losses(out / "loss_curve.png", t_best, latent_best,
+                               f"{label}: {method}{' + transform' if transform is True else ''}")
+        renderer = "matplotlib"
+        files.append("loss_curve.png")
+    else:
+        print("latentx project: matplotlib is not installed, so loss_curve.png is not drawn "
+              "(pip install 'latentx[figures]')", file=sys.stderr)
 
     summary = res.summary()[0]
     record = {
@@ -335,8 +222,7 @@ def run_projection(photo: Tensor, box: Sequence[float], out: Path, *, generator=
         "settings": res.settings, "projection_seconds": res.seconds,
         "seconds": time.perf_counter() - t0,
         "z_all": res.z[0].tolist(),
-        "files": ["target.png", "target_transformed.png", "projection.png", "inverted.png",
-                  "composite.png", "side_by_side.png", "loss_curve.png", "result.json"],
+        "files": files + ["result.json"],
         "side_by_side_panels": ["target crop (box outlined)", "T_phi*(target): what G is fitted to",
                                 "G(z*) best seed", "Poisson composite (crop region)"],
     }
@@ -357,22 +243,9 @@ def run_projection(photo: Tensor, box: Sequence[float], out: Path, *, generator=
     return record
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` so that ``path`` either does not exist or is complete:
-    a temporary file in the same folder, flushed to disk, then renamed over ``path``
-    (``os.replace`` is atomic on one file system). Resuming relies on this."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+# The name experiments and older code import from here; the one implementation (fsync, ordinary
+# permissions) is latentx._atomic.atomic_write_json.
+write_json_atomic = atomic_write_json
 
 
 def _print_record(record: dict, out: Path) -> None:
@@ -482,12 +355,20 @@ def _generator(args):
 
 
 def add_project_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", nargs="+", help="image file(s) (PNG, JPEG, ...)")
-    p.add_argument("--box", type=parse_box, action="append", default=None,
-                   help="object box x0,y0,x1,y1 in pixels; repeat once per IMAGE, in order "
-                        "(default: the whole images)")
+    p.add_argument("image", nargs="*", metavar="IMAGE",
+                   help="image file(s) (PNG, JPEG, ...) or folder(s) of them (their image files, sorted by name)")
+    p.add_argument("--list", default=None, metavar="FILE",
+                   help="a text file naming one image per line (relative to FILE's folder; # comments)")
+    boxes = p.add_mutually_exclusive_group()
+    boxes.add_argument("--box", type=parse_box, action="append", default=None,
+                       help="object box x0,y0,x1,y1 in pixels; repeat once per image, in order "
+                            "(default: the whole images)")
+    boxes.add_argument("--boxes", default=None, metavar="FILE",
+                       help='a JSON object {"image path": [x0, y0, x1, y1] or null (the whole image)} with an '
+                            "entry for every image; relative paths are relative to FILE's folder")
     p.add_argument("--overwrite", action="store_true",
                    help="redo images whose result.json exists (default: skip them, resuming a run)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_common_arguments(p)
 
 
@@ -495,77 +376,112 @@ def run_project(args: argparse.Namespace) -> int:
     try:
         return _run_project(args)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
-        print(f"latentx project: error: {e}", file=sys.stderr)
+        rank = int(os.environ.get("RANK", "0"))
+        where = f" [rank {rank}]" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"latentx project{where}: error: {e}", file=sys.stderr)
         return 2
 
 
 def output_folders(images: Sequence[str], out: Path) -> list[Path]:
-    """Where each image's files go: ``out`` for one image; otherwise ``out``/<file stem>, with
-    ``-2``, ``-3`` ... appended to repeated stems (in argument order, so a rerun with the same
-    arguments finds the same folders)."""
-    if len(images) == 1:
-        return [out]
-    folders, seen = [], {}
-    for path in images:
-        stem = Path(path).stem or "image"
-        seen[stem] = seen.get(stem, 0) + 1
-        folders.append(out / (stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"))
-    return folders
+    """Where each image's files go when IMAGE arguments are files: ``out`` for one image;
+    otherwise ``out``/<file stem>, with ``-2``, ``-3`` ... appended to repeated stems."""
+    return batch.output_folders(images, out, many=len(images) != 1)
 
 
-def _check_box(box: Sequence[float], size: tuple, name: str) -> None:
-    x0, y0, x1, y1 = box
-    H, W = size
-    if not (x1 > x0 and y1 > y0):
-        raise ValueError(f"--box {list(box)} for {name} is empty (need x0 < x1 and y0 < y1)")
-    if x0 < 0 or y0 < 0 or x1 > W or y1 > H:
-        raise ValueError(f"--box {list(box)} for {name} lies outside its {W}×{H} image")
+def _rank_device(device: str, local_rank: int, world: int) -> str:
+    """Under torchrun, a bare ``cuda`` means this process's GPU: ``cuda:LOCAL_RANK``."""
+    return f"cuda:{local_rank}" if world > 1 and device == "cuda" else device
 
 
 def _run_project(args: argparse.Namespace) -> int:
-    images = list(args.image)
-    boxes = args.box
-    if boxes is not None and len(boxes) != len(images):
-        raise ValueError(f"got {len(boxes)} --box for {len(images)} IMAGE arguments: give --box once per "
-                         "IMAGE, in the same order, or not at all (the whole images)")
     check_settings(args)
+    images, many = batch.collect_images(args.image, args.list)
     out = Path(args.out or "latentx-project")
-    folders = output_folders(images, out)
-    # Check every image and box before the first projection: a typo in the last box should not
-    # surface after hours of work on the others.
-    jobs = []
-    for i, (path, folder) in enumerate(zip(images, folders)):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"IMAGE {path!r} does not exist")
-        size = _image_size(path)
-        box = boxes[i] if boxes is not None else [0, 0, size[1], size[0]]
-        _check_box(box, size, path)
-        jobs.append((path, box, folder))
-    todo = []
-    for job in jobs:
-        done = job[2] / "result.json"
-        if done.is_file() and not args.overwrite:
-            print(f"latentx project: {job[0]}: {done} exists, skipping (--overwrite redoes it)")
-        else:
-            todo.append(job)
-    if not todo:
-        return 0
-    generator = _generator(args)
+    jobs = batch.make_jobs(images, many, out, args.box, args.boxes)
     budget = _budget(args)
-    for k, (path, box, folder) in enumerate(todo, 1):
-        if len(jobs) > 1:
-            print(f"latentx project: [{k}/{len(todo)}] {path} -> {folder}")
-        record = run_projection(read_image(path), box, folder, generator=generator, method=args.method,
-                                transform=not args.no_transform, device=args.device, work_size=args.work_size,
-                                context=args.context, seed=args.seed, budget=budget, label=str(path),
-                                finetune_steps=args.finetune_steps)
-        _print_record(record, folder)
-    return 0
+    config = batch.run_config(args, budget)
+    write_config = many and batch.check_config(out, config, args.overwrite)
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    args.device = _rank_device(args.device, int(os.environ.get("LOCAL_RANK", "0")), world)
+    distributed = world > 1
+    if distributed and not dist.is_initialized():
+        # gloo whatever the device: the processes only exchange barriers (results go through
+        # the shared --out folder). A long timeout: the last barrier waits for the slowest rank.
+        dist.init_process_group(backend="gloo", timeout=datetime.timedelta(hours=24))
+    try:
+        return _run_jobs(args, jobs, many, out, budget, config, write_config, rank, world, distributed)
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
 
 
-def _image_size(path: str) -> tuple:
-    """(H, W) of an image file (reads it; the photos here are small next to a projection)."""
-    return tuple(read_image(path).shape[1:])
+def _run_jobs(args, jobs, many: bool, out: Path, budget: dict, config: dict, write_config: bool,
+              rank: int, world: int, distributed: bool) -> int:
+    todo, stale = [], 0
+    for job in jobs:
+        record = batch.read_record(job.folder)  # parsed and dropped: thousands would fill memory
+        if args.overwrite or not batch.is_done(job, record):
+            todo.append(job)
+            stale += record is not None and not args.overwrite
+    skipped = len(jobs) - len(todo)
+    # Before config.json is written: a bad --generator must not pin the run to its settings.
+    generator = _generator(args) if todo else None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if write_config:
+            atomic_write_json(out / batch.CONFIG, config)
+        if skipped:
+            what = f"{jobs[0].folder / batch.RESULT} exists" if not many else f"{skipped} of {len(jobs)} images are done"
+            print(f"latentx project: {what}, skipping (--overwrite redoes them)")
+        if stale:
+            print(f"latentx project: {stale} image(s) hold a result.json for another box or image; redoing them")
+    # Every rank has listed what is done before any rank writes a result: they all split the
+    # same to-do list, rank r taking its r-th, (r + world)-th, ... image.
+    if distributed:
+        dist.barrier()
+    mine = todo[rank::world]
+    failures = 0
+    if mine:
+        bar = tqdm(mine, disable=args.no_progress or not many, desc=f"project rank {rank}" if distributed else "project",
+                   unit="image", position=rank if distributed else None)
+        for job in bar:
+            try:
+                record = run_projection(
+                    read_image(job.image), job.box, job.folder, generator=generator, method=args.method,
+                    transform=not args.no_transform, device=args.device, work_size=args.work_size,
+                    context=args.context, seed=args.seed, budget=budget, label=str(job.image),
+                    finetune_steps=args.finetune_steps, progress=not (many or args.no_progress),
+                    extra={"source": job.source})
+            except Exception as err:  # noqa: BLE001 - one bad photo must not end a run over thousands
+                if not many:
+                    raise
+                failures += 1
+                job.folder.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(job.folder / batch.ERROR, batch.error_record(job, err, traceback.format_exc()))
+                tqdm.write(f"latentx project: {job.image} FAILED: {type(err).__name__}: {err} "
+                           f"(details in {job.folder / batch.ERROR}; run the command again to retry)", file=sys.stderr)
+                continue
+            (job.folder / batch.ERROR).unlink(missing_ok=True)  # an earlier failure, now retried
+            if many:
+                tqdm.write(f"latentx project: {job.image}: L_mask {record['best']['total']:.4f} (best of seeds), "
+                           f"{record['seconds']:.1f} s -> {job.folder}")
+            else:
+                _print_record(record, job.folder)
+        bar.close()
+
+    if distributed:
+        dist.barrier()
+    if rank != 0 or not many:
+        return 1 if failures else 0
+    rows = batch.summary_rows(jobs, out)
+    summary = batch.write_summary(out, rows, {
+        "config": config, "world_size": world, "out": str(out),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    print(batch.format_table(summary))
+    print(f"latentx project: wrote {out / batch.SUMMARY_JSON} and {out / batch.SUMMARY_CSV}")
+    return 1 if failures or summary["failed"] or summary["missing"] else 0
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
