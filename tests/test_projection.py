@@ -752,3 +752,104 @@ def test_finetune_raises_on_nonfinite_values(bn_projection, lp):
     with pytest.raises(NonFiniteError, match=r"generator output in the finetune \(image 0, step 0\)") as err:
         finetune(bad, res, steps=3, perceptual=lp, progress=False)
     assert err.value.stage == "finetune"
+
+
+# --- the encoder family (seed 002: learning-based and hybrid inversion) ------------------------
+
+@pytest.fixture(scope="module")
+def trained_encoder(gen, tmp_path_factory):
+    from latentx.projection import train_encoder
+
+    path = tmp_path_factory.mktemp("encoder") / "enc.pt"
+    return train_encoder(gen, steps=80, batch_size=32, lr=3e-3, width=8, checkpoint=path, checkpoint_every=40,
+                         seed=0, progress=False)
+
+
+def test_train_encoder_reduces_its_loss(trained_encoder):
+    hist = trained_encoder.history
+    assert hist.shape == (80,) and trained_encoder.step == 80 and trained_encoder.resumed_from == 0
+    assert hist[-10:].mean() < 0.5 * hist[:10].mean(), hist.tolist()
+
+
+class InterruptAt(nn.Module):
+    """The net, interrupted (KeyboardInterrupt) at its ``at``-th batch call."""
+
+    def __init__(self, net, at):
+        super().__init__()
+        self.net, self.at, self.calls = net, at, 0
+
+    def forward(self, z):
+        if z.shape[0] > 1:
+            self.calls += 1
+            if self.calls == self.at:
+                raise KeyboardInterrupt
+        return self.net(z)
+
+
+def test_train_encoder_resumes_where_it_was_interrupted(gen, tmp_path):
+    from latentx.projection import load_encoder, train_encoder
+
+    kw = dict(steps=12, batch_size=16, lr=3e-3, width=8, checkpoint_every=4, seed=3, progress=False)
+    whole = train_encoder(gen, checkpoint=tmp_path / "whole.pt", **kw)
+    flaky = models.Generator(InterruptAt(gen.net, at=7), Z_DIM, object_box=(-1, -1, 1, 1), name="tiny")
+    path = tmp_path / "resumed.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_encoder(flaky, checkpoint=path, **kw)          # dies in step 6: the checkpoint holds 4
+    assert torch.load(path, weights_only=True)["step"] == 4 and not list(tmp_path.glob("*.tmp"))
+    resumed = train_encoder(gen, checkpoint=path, **kw)
+    assert resumed.resumed_from == 4 and resumed.step == 12
+    torch.testing.assert_close(resumed.history, whole.history, rtol=0, atol=0)
+    for (k, a), b in zip(resumed.encoder.state_dict().items(), whole.encoder.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    # the checkpoint loads with weights_only=True into an encoder that gives the same latents
+    x = gen(_z(3, 91))
+    torch.testing.assert_close(load_encoder(path)(x), resumed.encoder(x))
+    # resuming with other settings is refused, naming what changed
+    with pytest.raises(ValueError, match="other settings.*lr"):
+        train_encoder(gen, checkpoint=path, **{**kw, "lr": 1e-2})
+    assert train_encoder(gen, checkpoint=path, **kw).resumed_from == 12  # nothing left to do
+
+
+def test_encoder_and_hybrid_methods(gen, lp, trained_encoder):
+    from latentx.projection import NonFiniteError  # noqa: F401 - part of the public API
+
+    target = gen(_z(2, 92)).detach()
+    kw = dict(transform=False, seeds=3, seed=0, perceptual=lp, progress=False)
+    enc = project(gen, target, method="encoder", encoder=trained_encoder.checkpoint, **kw)
+    assert enc.history["latent"].shape == (2, 3, 0) and (enc.evaluations["latent"]["forward"] == 0).all()
+    # E alone: one guess per image, the same for every seed, E(y) itself
+    torch.testing.assert_close(enc.z[:, 0], trained_encoder.encoder(target).clamp(-2, 2))
+    assert (enc.z == enc.z[:, :1]).all()
+    hyb = project(gen, target, method="hybrid", encoder=trained_encoder.encoder, adam_steps=15, **kw)
+    # seed 0 starts at E's guess, Adam keeps its best point: the hybrid is never worse
+    assert (hyb.best()["losses"]["total"] <= enc.best()["losses"]["total"] + 1e-6).all()
+    assert (hyb.losses["total"][:, 0] < enc.losses["total"][:, 0]).all()
+    # the encoder beats a random guess (it learned something)
+    rand = project(gen, target, method="adam", adam_steps=0, **kw)
+    assert enc.losses["total"][:, 0].mean() < rand.losses["total"].mean()
+    with pytest.raises(ValueError, match="method='hybrid' needs encoder="):
+        project(gen, target, method="hybrid", **kw)
+    with pytest.raises(ValueError, match=r"encoder must map images .* to latents \[2, 8\]"):
+        project(gen, target, method="encoder", encoder=lambda y: torch.zeros(2, 3), **kw)
+
+
+def test_train_encoder_cli_trains_and_resumes(tmp_path, monkeypatch, capsys):
+    from latentx import cli
+    from latentx.projection import load_encoder
+
+    (tmp_path / "tiny_cli_generator.py").write_text(TINY_GENERATOR_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "enc.pt"
+    argv = ["train-encoder", "--generator", "tiny_cli_generator:make", "--out", str(out), "--batch-size", "4",
+            "--width", "4", "--checkpoint-every", "2", "--no-progress", "--threads", "1"]
+    assert cli.main(argv + ["--steps", "3"]) == 0
+    assert "3 steps;" in capsys.readouterr().out and load_encoder(out).z_dim == 8
+    assert cli.main(argv + ["--steps", "5"]) == 0
+    assert "5 steps (resumed at step 3)" in capsys.readouterr().out
+    assert torch.load(out, weights_only=True)["step"] == 5
+    assert cli.main(argv + ["--steps", "5", "--lr", "0"]) == 2
+    assert "--lr must be a positive number" in capsys.readouterr().err
+    assert cli.main(argv + ["--steps", "5", "--lr", "0.01"]) == 2  # another lr than the checkpoint's
+    assert "other settings" in capsys.readouterr().err
+    assert cli.main(argv + ["--steps", "2", "--lr", "0.01", "--overwrite"]) == 0
+    assert torch.load(out, weights_only=True)["step"] == 2

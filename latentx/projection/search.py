@@ -169,7 +169,7 @@ def search_latent(P: Problem, method: str, phi_star: Tensor, *, meta_steps: int,
             e = encoder(per_image)
         if not isinstance(e, Tensor) or e.shape[0] != B or e[0].numel() != d:
             shape = list(e.shape) if isinstance(e, Tensor) else type(e).__name__
-            raise ValueError(f"project: encoder must map images [B, 3, h, w] to latents [B, {d}], got {shape}")
+            raise ValueError(f"project: encoder must map images [{B}, 3, h, w] to latents [{B}, {d}], got {shape}")
         e = e.reshape(B, d).to(device=P.device, dtype=torch.float64)
         bad = ~e.isfinite().all(1)
         if bool(bad.any()):
