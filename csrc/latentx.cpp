@@ -36,6 +36,9 @@ TORCH_LIBRARY(latentx, m) {
   m.def(
       "cma_covariance_update_(Tensor(a!) cov, Tensor pc, Tensor y, Tensor weights, "
       "Tensor decay, float c1, float cmu) -> ()");
+  // The lazy decomposition of B covariances: cov [B,d,d] (symmetric; the lower triangle is
+  // read) -> (eigvals [B,d] ascending, eigvecs [B,d,d] in columns), as torch.linalg.eigh.
+  m.def("cma_eigh(Tensor cov) -> (Tensor, Tensor)");
 
   // LPIPS per-layer head (SPEC A3). feat0 [N,C,H,W], feat1 [N or 1,C,H,W], weight [C],
   // mask [N or 1,1,H,W] at the layer's size -> [N] (or the [N,1,H,W] map when spatial).

@@ -2,8 +2,9 @@
 
 :class:`BatchedCMAES` keeps every instance's state as batched tensors and runs one generation
 for all instances with a few batched tensor ops, the fused sampling kernel
-(:func:`latentx.ops.cma_sample`) and the fused covariance update
-(:func:`latentx.ops.cma_covariance_update_`). Its defaults are pycma's (package ``cma``,
+(:func:`latentx.ops.cma_sample`), the fused covariance update
+(:func:`latentx.ops.cma_covariance_update_`) and the batch's eigendecompositions
+(:func:`latentx.ops.cma_eigh`). Its defaults are pycma's (package ``cma``,
 version 4), so a run behaves, statistically, like pycma on the same problem.
 
 Where this differs from pycma, on purpose:
@@ -13,7 +14,8 @@ Where this differs from pycma, on purpose:
 * Stopping knows four reasons (``tolfun``, ``tolx``, ``maxiter``, ``nonfinite``); pycma has
   more (``tolflatfitness``, ``tolstagnation``, ``tolconditioncov``, ``tolfacupx``, ...).
 * A NaN or infinite fitness (or point) stops that instance with reason ``nonfinite`` and
-  leaves its state as it was; pycma replaces NaN by the median and goes on.
+  leaves its state as it was; pycma replaces NaN by the median and goes on. So does a
+  covariance that overflowed to inf by the time it is decomposed.
 * C starts as the identity (pycma perturbs its diagonal by a factor up to e^1e-4 to help its
   eigensolver). Eigenvalues below ``eps·λ_max`` are raised to that floor, and C is then
   rebuilt from the floored decomposition.
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from latentx.ops import cma_covariance_update_, cma_sample
+from latentx.ops import cma_covariance_update_, cma_eigh, cma_sample
 
 __all__ = ["BatchedCMAES", "CMAEvolutionStrategy", "CMAEvolutionStrategyResult", "STOP_REASONS"]
 
@@ -533,11 +535,18 @@ class BatchedCMAES:
 
     def _decompose(self, due: Tensor) -> None:
         """C = E D² Eᵀ for the instances in ``due`` [B] (pycma GaussFullSampler._decompose_C),
-        or C = A Aᵀ with ``decomposition="cholesky"``."""
+        or C = A Aᵀ with ``decomposition="cholesky"``. An instance whose C is no longer finite
+        stops (``nonfinite``) instead of being decomposed."""
         if not bool(due.any()):
             return
         idx = due.nonzero()[:, 0]
         c = self.C[idx]
+        finite = c.isfinite().flatten(1).all(dim=1)
+        if not bool(finite.all()):
+            self.stop_flags[idx[~finite], STOP_REASONS.index("nonfinite")] = True
+            idx, c = idx[finite], c[finite]
+            if idx.numel() == 0:
+                return
         c = (c + c.transpose(-1, -2)) / 2
         if self.decomposition == "cholesky":
             factor, info = torch.linalg.cholesky_ex(c)
@@ -546,14 +555,17 @@ class BatchedCMAES:
                 self.last_eigen[idx] = self.generation[idx]
                 return
             # Not numerically positive definite: floor the spectrum below, then factor.
-        evals, evecs = torch.linalg.eigh(c)
+        evals, evecs = cma_eigh(c)
         floor = torch.finfo(c.dtype).eps * evals[:, -1:].clamp(min=torch.finfo(c.dtype).tiny)
         floored = (evals < floor).any(dim=1)
         evals = torch.maximum(evals, floor)
-        rebuilt = (evecs * evals[:, None, :]) @ evecs.transpose(-1, -2)
-        self.C[idx] = torch.where(floored[:, None, None], rebuilt, c)
+        if bool(floored.any()):  # rebuilt only where needed: a batched d³ product otherwise
+            rows = floored.nonzero()[:, 0]
+            v = evecs[rows]
+            c[rows] = (v * evals[rows, None, :]) @ v.transpose(-1, -2)
+        self.C[idx] = c
         if self.decomposition == "cholesky":
-            self.E[idx] = torch.linalg.cholesky(self.C[idx])
+            self.E[idx] = torch.linalg.cholesky(c)
         else:
             self.E[idx] = evecs
             self.D[idx] = evals.sqrt()

@@ -521,6 +521,34 @@ def test_nan_fitness_stops_only_that_instance():
     assert float(es.best_f[1]) == math.inf
 
 
+def test_overflowed_covariance_stops_only_that_instance():
+    """An instance whose C is no longer finite when it is due for decomposition stops
+    (nonfinite) and keeps its last decomposition; the others are decomposed as usual."""
+    es = BatchedCMAES(torch.zeros(3, 4, dtype=F64), 1.0)
+    es.C[1, 2, 3] = es.C[1, 3, 2] = math.inf
+    x = es.ask()
+    es.tell(x, sphere(x))  # d = 4: due every generation
+    assert es.stop() == [{}, {"nonfinite": True}, {}]
+    assert torch.equal(es.E[1], torch.eye(4, dtype=F64)) and torch.equal(es.D[1], torch.ones(4, dtype=F64))
+    for i in (0, 2):
+        close(es.E[i] @ torch.diag(es.D[i] ** 2) @ es.E[i].T, es.C[i])
+
+
+def test_floored_spectrum_rebuilds_only_that_covariance():
+    """Eigenvalues below eps·λ_max are raised to the floor and that C rebuilt from them; a C
+    with a healthy spectrum is kept exactly as the update left it (symmetrised)."""
+    es = BatchedCMAES(torch.zeros(2, 3, dtype=F64), 1.0)
+    q = torch.linalg.qr(torch.randn(3, 3, dtype=F64))[0]
+    es.C[0] = (q * torch.tensor([-1e-3, 1.0, 2.0], dtype=F64)) @ q.T  # not positive definite
+    healthy = es.C[1].clone() * 2
+    es.C[1] = healthy
+    es._decompose(torch.ones(2, dtype=torch.bool))
+    floor = torch.finfo(F64).eps * 2.0
+    assert float(es.D[0].min()) ** 2 == pytest.approx(floor, rel=1e-6)
+    close(es.C[0], (q * torch.tensor([floor, 1.0, 2.0], dtype=F64)) @ q.T)
+    assert torch.equal(es.C[1], healthy)
+
+
 def test_float32_runs():
     es = BatchedCMAES(torch.ones(5, 10), 0.5)
     for _ in range(150):

@@ -232,3 +232,91 @@ def test_covariance_update_refuses_more_rows_than_a_cuda_grid(in_place):
     op = torch.ops.latentx.cma_covariance_update_ if in_place else torch.ops.latentx.cma_covariance_update
     with pytest.raises(ValueError, match=r"cma_covariance_update: cov has B\*d = 1073741824\*2"):
         op(cov, pc, y, weights, decay, 0.1, 0.2)
+
+
+# --- cma_eigh: the batch's eigendecompositions -------------------------------------------------
+
+
+def spd_batch(b, d, dtype, device, *, repeated=False):
+    """B symmetric positive definite matrices; ``repeated``: a spectrum with a repeated
+    eigenvalue (eigenvectors then defined only up to a rotation of that space)."""
+    f64 = dict(dtype=torch.float64, device=device)
+    q = torch.linalg.qr(torch.randn(b, d, d, **f64))[0]
+    w = torch.rand(b, d, **f64) * 3 + 0.1
+    if repeated and d >= 3:
+        w[:, 1:3] = w[:, 1:2]
+    return ((q * w[:, None]) @ q.mT).to(dtype)
+
+
+def check_eigh(cov, eigvals, eigvecs, want_eigvals, tol):
+    """Eigenvalues as the reference's; E orthonormal; E diag(w) Eᵀ = C (sign-free checks)."""
+    torch.testing.assert_close(eigvals, want_eigvals, **tol)
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand_as(cov)
+    torch.testing.assert_close(eigvecs.mT @ eigvecs, eye, **tol)
+    torch.testing.assert_close((eigvecs * eigvals[:, None]) @ eigvecs.mT, cov, **tol)
+
+
+@needs_native
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 3), (7, 33), (3, 130), (0, 4), (3, 0)], ids=str)
+@pytest.mark.parametrize("repeated", [False, True], ids=["distinct", "repeated"])
+def test_eigh_matches_reference(device, dtype, shape, repeated):
+    cov = spd_batch(*shape, dtype, device, repeated=repeated)
+    eigvals, eigvecs = ops.cma_eigh(cov, impl="native")
+    want, _ = ops.cma_eigh(cov.double(), impl="reference")
+    assert eigvals.shape == shape and eigvecs.shape == (*shape, shape[1])
+    assert eigvals.dtype == dtype and eigvecs.dtype == dtype and not eigvals.requires_grad
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    check_eigh(cov, eigvals, eigvecs, want.to(dtype), tol)
+
+
+@needs_native
+@pytest.mark.parametrize("device", device_params())
+def test_eigh_reads_the_lower_triangle_of_any_strides(device):
+    cov = spd_batch(4, 9, torch.float64, device)
+    upper_garbage = cov.tril() + torch.randn_like(cov).triu(1)  # as torch.linalg.eigh: lower read
+    eigvals, eigvecs = ops.cma_eigh(upper_garbage.mT.contiguous().mT, impl="native")  # non-contiguous
+    check_eigh(cov, eigvals, eigvecs, torch.linalg.eigvalsh(cov), dict(rtol=1e-10, atol=1e-10))
+    expanded = cov[:1].expand(3, -1, -1)
+    eigvals, eigvecs = ops.cma_eigh(expanded, impl="native")
+    check_eigh(expanded, eigvals, eigvecs, torch.linalg.eigvalsh(expanded), dict(rtol=1e-10, atol=1e-10))
+
+
+@needs_native
+def test_eigh_batch_parallel_equals_one_thread():
+    """The CPU kernel's matrices-in-parallel path against the one-thread path (torch.linalg.eigh)."""
+    cov = spd_batch(6, 40, torch.float64, "cpu")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.cma_eigh(cov, impl="native")
+        torch.set_num_threads(max(2, threads))
+        many = ops.cma_eigh(cov, impl="native")
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(many[0], one[0], rtol=1e-12, atol=1e-12)
+    check_eigh(cov, *many, one[0], dict(rtol=1e-10, atol=1e-10))
+
+
+@pytest.mark.parametrize("impl", ["reference", pytest.param("native", marks=needs_native)])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_eigh_refuses_non_finite_and_bad_input(impl, value):
+    cov = spd_batch(3, 4, torch.float64, "cpu")
+    cov[1, 2, 0] = value
+    with pytest.raises(ValueError, match="cov must be finite"):
+        ops.cma_eigh(cov, impl=impl)
+    with pytest.raises(ValueError, match="cov must be \\[B, d, d\\]"):
+        ops.cma_eigh(cov[:, :3], impl=impl)
+    with pytest.raises(TypeError, match="cov must be float32 or float64"):
+        ops.cma_eigh(cov.half(), impl=impl)
+
+
+@needs_native
+@pytest.mark.parametrize("device", device_params())
+def test_eigh_opcheck_and_compile(device):
+    cov = spd_batch(3, 5, torch.float32, device)
+    torch.library.opcheck(torch.ops.latentx.cma_eigh.default, (cov,))
+    compiled = torch.compile(lambda c: ops.cma_eigh(c), fullgraph=True)
+    eigvals, eigvecs = compiled(cov)
+    check_eigh(cov, eigvals, eigvecs, torch.linalg.eigvalsh(cov), dict(rtol=1e-4, atol=1e-4))

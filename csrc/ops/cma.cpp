@@ -90,10 +90,22 @@ CmaCovArgs prepare_cma_covariance_update(const at::Tensor& cov, const at::Tensor
   return a;
 }
 
+at::Tensor prepare_cma_eigh(const at::Tensor& cov) {
+  constexpr const char* op = "cma_eigh";
+  check_float32_or_64(op, "cov", cov);
+  TORCH_CHECK_VALUE(cov.dim() == 3 && cov.size(1) == cov.size(2), op,
+                    ": cov must be [B, d, d], got shape ", cov.sizes());
+  // One host check (on CUDA, one wait for the device; the eigensolver waits anyway).
+  TORCH_CHECK_VALUE(cov.numel() == 0 || cov.isfinite().all().item<bool>(), op,
+                    ": cov must be finite everywhere (NaN / inf is not allowed)");
+  return cov.contiguous();
+}
+
 }  // namespace latentx
 
 TORCH_LIBRARY_IMPL(latentx, Autograd, m) {
   m.impl("cma_sample", torch::CppFunction::makeFallthrough());
   m.impl("cma_covariance_update", torch::CppFunction::makeFallthrough());
   m.impl("cma_covariance_update_", torch::CppFunction::makeFallthrough());
+  m.impl("cma_eigh", torch::CppFunction::makeFallthrough());
 }

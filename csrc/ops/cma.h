@@ -96,4 +96,9 @@ void cma_covariance_update_(at::Tensor& cov, const at::Tensor& pc, const at::Ten
   }
 }
 
+// cma_eigh: the shared checks (float32/64, [B, d, d], finite: LAPACK and cuSOLVER fail or
+// return garbage on NaN / inf, so both devices refuse them with one message). Returns cov
+// contiguous.
+at::Tensor prepare_cma_eigh(const at::Tensor& cov);
+
 }  // namespace latentx

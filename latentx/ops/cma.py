@@ -1,4 +1,5 @@
-"""Batched CMA-ES kernels (SPEC A1): fused sampling and the fused covariance update."""
+"""Batched CMA-ES kernels (SPEC A1): fused sampling, the fused covariance update and the batch's
+eigendecompositions."""
 
 from __future__ import annotations
 
@@ -73,6 +74,27 @@ def cma_covariance_update_(
     return cov
 
 
+def cma_eigh(cov: Tensor, *, impl: str = "auto") -> tuple[Tensor, Tensor]:
+    """Eigendecompositions of B symmetric matrices (the lazy decomposition, SPEC A1):
+    cov [B, d, d] → (eigvals [B, d] ascending, eigvecs [B, d, d], eigenvectors in columns), as
+    ``torch.linalg.eigh`` (only the lower triangle is read). Eigenvectors are defined up to
+    sign (and, for repeated eigenvalues, up to a rotation of their space), so implementations
+    agree on eigenvalues and on E diag(w) Eᵀ, not on E's entries. Not differentiable.
+
+    The native CPU kernel solves the batch's matrices in parallel, one thread each, where
+    ``torch.linalg.eigh`` threads inside each matrix's LAPACK call in turn (see
+    benchmarks/RESULTS.md); on CUDA both are cuSOLVER.
+
+    Odd inputs (the same in every implementation): float32 / float64 only (float16 / bfloat16:
+    TypeError); NaN / inf anywhere: ValueError naming cov (LAPACK would fail or return
+    garbage); B = 0 or d = 0 give empty results; any strides are accepted.
+    """
+    if not _native.use_native(impl, cov.device):
+        with torch.no_grad():
+            return reference.cma_eigh(cov)
+    return tuple(torch.ops.latentx.cma_eigh(cov))
+
+
 if _native._C is not None:
 
     @torch.library.register_fake("latentx::cma_sample")
@@ -89,3 +111,9 @@ if _native._C is not None:
     def _(cov, pc, y, weights, decay, c1, cmu):
         reference.check_cma_covariance_update(cov, pc, y, weights, decay)
         return None
+
+    @torch.library.register_fake("latentx::cma_eigh")
+    def _(cov):
+        reference.check_cma_eigh(cov, values=False)
+        b, d = cov.shape[0], cov.shape[1]
+        return cov.new_empty(b, d), cov.new_empty(b, d, d)

@@ -615,3 +615,26 @@ def filtered_grid_sample(input: Tensor, grid: Tensor, stretch: Optional[Tensor],
             acc = term if acc is None else acc + term
     out = acc / (norm_x * norm_y)[:, None]
     return torch.where(valid[:, None], out, 0.0).to(input.dtype)
+
+
+def check_cma_eigh(cov, values=True) -> None:
+    """Argument checks of cma_eigh; ``values`` also checks that cov is finite (on the host)."""
+    op = "cma_eigh"
+    check_float32_or_64(op, "cov", cov)
+    if cov.dim() != 3 or cov.shape[1] != cov.shape[2]:
+        raise ValueError(f"{op}: cov must be [B, d, d], got shape {list(cov.shape)}")
+    if values and cov.numel() and not bool(cov.isfinite().all()):
+        raise ValueError(f"{op}: cov must be finite everywhere (NaN / inf is not allowed)")
+
+
+def cma_eigh(cov: Tensor) -> tuple[Tensor, Tensor]:
+    """The eigendecompositions of B symmetric matrices (SPEC A1's lazy decomposition).
+
+    Args:
+        cov: C [B, d, d], symmetric (the lower triangle is read).
+
+    Returns:
+        (eigvals [B, d] ascending, eigvecs [B, d, d] with the eigenvectors in columns).
+    """
+    check_cma_eigh(cov)
+    return tuple(torch.linalg.eigh(cov))

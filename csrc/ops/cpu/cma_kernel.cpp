@@ -95,12 +95,35 @@ void cma_covariance_cpu(const CmaCovArgs& a, at::Tensor& cov) {
   });
 }
 
+// The batch's eigendecompositions, one matrix per task. torch.linalg.eigh on a batch calls
+// LAPACK (syevd) once per matrix in turn, each call threaded inside by MKL; on few cores that
+// inner threading scales poorly (d = 128: 1.3 ms per matrix on 2 threads vs 1.2 ms on one),
+// while independent matrices scale with the cores. So: matrices in parallel, each solved by
+// one thread (at::parallel_for's workers run LAPACK sequentially: MKL does not nest inside
+// an OpenMP region). One matrix, or one thread, is torch.linalg.eigh itself.
+std::tuple<at::Tensor, at::Tensor> cma_eigh_cpu(const at::Tensor& cov_in) {
+  const at::Tensor cov = prepare_cma_eigh(cov_in);
+  const int64_t b = cov.size(0), d = cov.size(1);
+  if (b <= 1 || at::get_num_threads() <= 1 || d == 0) return at::linalg_eigh(cov);
+  at::Tensor eigvals = at::empty({b, d}, cov.options());
+  at::Tensor eigvecs = at::empty({b, d, d}, cov.options());
+  at::parallel_for(0, b, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      auto [w, v] = at::linalg_eigh(cov[i]);
+      eigvals[i].copy_(w);
+      eigvecs[i].copy_(v);
+    }
+  });
+  return {eigvals, eigvecs};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(latentx, CPU, m) {
   m.impl("cma_sample", &cma_sample<cma_sample_epilogue_cpu>);
   m.impl("cma_covariance_update", &cma_covariance_update<cma_covariance_cpu>);
   m.impl("cma_covariance_update_", &cma_covariance_update_<cma_covariance_cpu>);
+  m.impl("cma_eigh", &cma_eigh_cpu);
 }
 
 }  // namespace latentx
