@@ -54,6 +54,9 @@ def check_cma(dev: str, failures: list[str]) -> None:
             got = ops.cma_covariance_update(cov, *rest, 0.05, 0.2, impl="native")
             want = ops.cma_covariance_update(cov, *rest, 0.05, 0.2, impl="reference")
             _close(f"cma_covariance_update b={b} k={k} d={d} {dt}", got, want, failures)
+            w, v = ops.cma_eigh(cov, impl="native")  # eigenvectors up to sign: compare E w Eᵀ
+            _close(f"cma_eigh eigenvalues b={b} d={d} {dt}", w, torch.linalg.eigvalsh(cov), failures)
+            _close(f"cma_eigh E diag(w) Eᵀ b={b} d={d} {dt}", (v * w[:, None]) @ v.mT, cov, failures)
 
 
 def check_filtered_grid_sample(dev: str, failures: list[str]) -> None:
