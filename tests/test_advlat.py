@@ -619,3 +619,74 @@ def test_training_bad_real_classes_are_named(digits_data, classes, error, match)
     with pytest.raises(error, match=match):
         advlat.train(G.train(), D.train(), real, iterations=1, z_dim=synthetic.DIGITS_Z_DIM, batch_size=8,
                      num_classes=10, progress=False)
+
+
+# --- `latentx refine` with a class input ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def conditional_ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cond_ckpt")
+    G, D = conditional_digits_pair()
+    paths = root / "g.pt", root / "d.pt"
+    torch.save(G.state_dict(), paths[0])
+    torch.save(D.state_dict(), paths[1])
+    return paths
+
+
+def _refine_cli_args(ckpts, out, *extra):
+    from latentx.cli import build_parser
+
+    return build_parser().parse_args([
+        "refine", "--generator", "latentx.synthetic:conditional_digits_generator", "--generator-ckpt", str(ckpts[0]),
+        "--discriminator", "latentx.synthetic:conditional_digits_discriminator", "--discriminator-ckpt", str(ckpts[1]),
+        "--num-latents", "25", "--z-dim", str(synthetic.DIGITS_Z_DIM), "--shard-size", "10", "--batch-size", "8",
+        "--steps", "4", "--step-size", "0.02", "--radius", "0.1", "--out", str(out), "--no-progress", *extra])
+
+
+@pytest.mark.parametrize("how", ["num-classes", "class", "file"])
+def test_refine_cli_conditional(conditional_ckpts, digits_data, tmp_path, how):
+    """`latentx refine --classes/--class/--num-classes` = advlat.refine with those classes, shard by shard."""
+    import numpy as np
+
+    from latentx.cli import refine as refine_cli
+
+    _, labels = digits_data
+    expected_c = {"num-classes": torch.arange(25) % 10, "class": torch.full((25,), 3),
+                  "file": labels[100:125]}[how]
+    if how == "file":
+        np.save(tmp_path / "c.npy", expected_c.numpy())
+    extra = {"num-classes": ["--num-classes", "10"], "class": ["--class", "3"],
+             "file": ["--classes", str(tmp_path / "c.npy")]}[how]
+    args = _refine_cli_args(conditional_ckpts, tmp_path / "run", *extra)
+    assert refine_cli.run(args) == 0
+    z, manifest = refine_cli.load_results(tmp_path / "run")
+    assert "classes" in manifest["config"]
+    shards = [torch.load(tmp_path / "run" / s["file"], weights_only=True) for s in manifest["shards"]]
+    torch.testing.assert_close(torch.cat([s["c"] for s in shards]), expected_c, rtol=0, atol=0)
+
+    G, D = synthetic.conditional_digits_generator(), synthetic.conditional_digits_discriminator()
+    G.load_state_dict(torch.load(conditional_ckpts[0], weights_only=True))
+    D.load_state_dict(torch.load(conditional_ckpts[1], weights_only=True))
+    source = refine_cli.Latents(args)
+    z0 = torch.cat([source.shard(k, lo, min(lo + 10, 25)) for k, lo in enumerate(range(0, 25, 10))])
+    expected = advlat.refine(G.eval(), D.eval(), z0, c=expected_c, steps=4, step_size=0.02, radius=0.1,
+                             batch_size=8, progress=False)
+    torch.testing.assert_close(z, expected.z, rtol=0, atol=0)
+
+
+def test_refine_cli_bad_classes_are_named(conditional_ckpts, tmp_path):
+    import numpy as np
+
+    from latentx.cli import refine as refine_cli
+
+    np.save(tmp_path / "short.npy", np.zeros(24, dtype=np.int64))
+    np.save(tmp_path / "float.npy", np.zeros(25, dtype=np.float32))
+    for extra, match in ((["--classes", str(tmp_path / "short.npy")], r"--classes .*one class per latent \(25\)"),
+                         (["--classes", str(tmp_path / "float.npy")], r"--classes .*integer class indices"),
+                         (["--class", "-1"], "--class must be"), (["--num-classes", "0"], "--num-classes must be")):
+        with pytest.raises(SystemExit, match=match):
+            refine_cli.run(_refine_cli_args(conditional_ckpts, tmp_path / "bad", *extra))
+        assert not (tmp_path / "bad" / "config.json").exists()  # refused before anything is written
+    with pytest.raises(SystemExit):  # one class source at most
+        _refine_cli_args(conditional_ckpts, tmp_path / "bad", "--class", "1", "--num-classes", "3")

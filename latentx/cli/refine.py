@@ -5,7 +5,8 @@ Layout of ``--out``::
     config.json            every setting that decides the result; a resumed run must match it
     shards/shard-000000.pt {"index", "start", "stop", "z": [n, ...] refined latents,
                             "scores": [steps + 1] mean D logit of the shard before each step
-                            and after the last}
+                            and after the last; for a class-conditional pair also
+                            "c": [n] or [n, ...] the latents' classes}
     manifest.json          written by rank 0 once every shard exists: the shard list, N and
                            the mean scores over all latents
 
@@ -14,6 +15,11 @@ seeded by (``--seed``, k), so any process can make any shard alone. Under ``torc
 (torch.distributed, gloo on CPU, nccl on CUDA) rank r takes the shards k ≡ r (mod world
 size). A shard is written to a temporary file and renamed into place, so a killed run
 leaves only whole shards; running the same command again skips them.
+
+A class-conditional pair (``G(z, c)``, ``D(x, c)``) takes one class per latent from
+``--classes PATH`` (a file like ``--latents``: integer [N] or floating-point [N, ...]),
+``--class K`` (every latent) or ``--num-classes K`` (latent i gets class i mod K: balanced,
+and any shard computes its own); the class stays fixed while the latent moves.
 """
 
 from __future__ import annotations
@@ -56,6 +62,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--z-dim", type=int, help="latent size for drawn latents")
     src.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
     src.add_argument("--latents", metavar="PATH", help="read z0 [N, ...] from a .pt tensor or .npy array (memory-mapped)")
+    cls = p.add_argument_group("classes, for a class-conditional pair G(z, c), D(x, c) (at most one)")
+    one = cls.add_mutually_exclusive_group()
+    one.add_argument("--classes", metavar="PATH",
+                     help="one class per latent: integer [N] (or floating-point conditions [N, ...]) in a .pt or .npy file")
+    one.add_argument("--class", dest="class_index", type=int, metavar="K", help="every latent gets class K")
+    one.add_argument("--num-classes", type=int, metavar="K", help="latent i gets class i mod K (balanced)")
     step = p.add_argument_group("AdvLatGAN-z (seed 001 eq. 5, 6)")
     step.add_argument("--steps", type=int, default=30, help="I-FGSM steps (default: 30)")
     step.add_argument("--step-size", type=float, default=0.03, help="epsilon per step (default: 0.03)")
@@ -155,6 +167,37 @@ class Latents:
         return torch.randn((hi - lo,) + self.shape, generator=torch.Generator().manual_seed(seed))
 
 
+class Classes:
+    """The class input of a conditional pair, per shard: a memory-mapped file, one class, or
+    i mod K; absent (None) for an unconditional pair."""
+
+    def __init__(self, args: argparse.Namespace, num: int):
+        self.path, self.index, self.cycle, self.data = args.classes, args.class_index, args.num_classes, None
+        if self.path is not None:
+            self.data = (torch.from_numpy(np.load(self.path, mmap_mode="r")) if self.path.endswith(".npy")
+                         else torch.load(self.path, map_location="cpu", weights_only=True, mmap=True))
+            # Shape and dtype only: nothing of a memory-mapped file is read here.
+            advlat.check_classes(self.data, num, name=f"--classes {self.path}")
+
+    @property
+    def conditional(self) -> bool:
+        return self.data is not None or self.index is not None or self.cycle is not None
+
+    def describe(self) -> Optional[dict]:
+        if self.data is not None:
+            return {"file": os.path.abspath(self.path), "sha256": _sha256(self.path)}
+        if self.index is not None:
+            return {"class": self.index}
+        return None if self.cycle is None else {"cycle": self.cycle}
+
+    def shard(self, lo: int, hi: int) -> Optional[Tensor]:
+        if self.data is not None:
+            return torch.as_tensor(self.data[lo:hi]).clone()
+        if self.index is not None:
+            return torch.full((hi - lo,), self.index, dtype=torch.int64)
+        return None if self.cycle is None else torch.arange(lo, hi) % self.cycle
+
+
 def _shard_path(out: Path, k: int) -> Path:
     return out / SHARD_DIR / f"shard-{k:06d}.pt"
 
@@ -188,6 +231,10 @@ def check_settings(args: argparse.Namespace) -> None:
             fail(f"--{name} must be a number, got nan")
     if args.lower is not None and args.upper is not None and not args.lower <= args.upper:
         fail(f"--lower must be <= --upper, got {args.lower} > {args.upper}")
+    if args.class_index is not None and args.class_index < 0:
+        fail(f"--class must be a class index >= 0, got {args.class_index}")
+    if args.num_classes is not None and args.num_classes < 1:
+        fail(f"--num-classes must be an integer >= 1, got {args.num_classes}")
     if args.device is not None:
         try:
             torch.device(args.device)
@@ -217,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, distributed: bool) -> int:
     try:
         source = Latents(args)
+        classes = Classes(args, source.num)
         # Before config.json is written: a bad --generator must not pin a run to its settings.
         G = load_model(args.generator, args.generator_ckpt, "--generator", device)
         D = load_model(args.discriminator, args.discriminator_ckpt, "--discriminator", device)
@@ -232,6 +280,8 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
         "latents": source.describe(args.latents), "steps": args.steps, "step_size": args.step_size,
         "radius": args.radius, "bounds": bounds and list(bounds), "loss": args.loss, "shard_size": args.shard_size,
     }
+    if classes.conditional:  # only then: an unconditional run's config.json stays as it was
+        config["classes"] = classes.describe()
     out = Path(args.out)
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
@@ -257,11 +307,14 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
         if args.stop_after is not None and done >= args.stop_after:
             break
         lo, hi = k * args.shard_size, min((k + 1) * args.shard_size, source.num)
-        z, scores = advlat.refine(G, D, source.shard(k, lo, hi), steps=args.steps, step_size=args.step_size,
+        c = classes.shard(lo, hi)
+        z, scores = advlat.refine(G, D, source.shard(k, lo, hi), c=c, steps=args.steps, step_size=args.step_size,
                                   radius=args.radius, bounds=bounds, loss=args.loss, batch_size=args.batch_size,
                                   progress=False)
-        atomic_torch_save({"index": k, "start": lo, "stop": hi, "z": z, "scores": scores},
-                          _shard_path(out, k))  # a reader sees no shard or a whole one
+        shard = {"index": k, "start": lo, "stop": hi, "z": z, "scores": scores}
+        if c is not None:
+            shard["c"] = c
+        atomic_torch_save(shard, _shard_path(out, k))  # a reader sees no shard or a whole one
         done += 1
         bar.set_postfix(score=f"{scores[0]:.3f}->{scores[-1]:.3f}", refresh=False)
     bar.close()
