@@ -853,3 +853,225 @@ def test_train_encoder_cli_trains_and_resumes(tmp_path, monkeypatch, capsys):
     assert "other settings" in capsys.readouterr().err
     assert cli.main(argv + ["--steps", "2", "--lr", "0.01", "--overwrite"]) == 0
     assert torch.load(out, weights_only=True)["step"] == 2
+
+
+# --- time-to-quality options: target_loss, halving, fast_generator, precision, z_init="transform" ---
+
+def _g64(gen):
+    # float64 so that batched and one-at-a-time runs agree to ~1e-11 and no discrete decision
+    # (which seed a halving stops, which check reaches a target) can flip on rounding
+    return models.Generator(copy.deepcopy(gen.net).double(), Z_DIM, object_box=(-1, -1, 1, 1), name="tiny64")
+
+
+def _counting(net):
+    counting = CountingNet(net)
+    g = models.Generator(counting, Z_DIM, object_box=(-1, -1, 1, 1), name="counting")
+    g.resolution  # the one-sample probe, before counting
+    counting.forward_rows = counting.backward_rows = 0
+    return g, counting
+
+
+def _counted(res):
+    return (sum(int(v["forward"].sum()) for v in res.evaluations.values()),
+            sum(int(v["backward"].sum()) for v in res.evaluations.values()))
+
+
+def test_halving_stops_the_worse_half_and_counts_only_what_ran(gen, lp):
+    g, counting = _counting(gen.net)
+    targets = gen(_z(2, 101)).detach()
+    kw = dict(method="adam", transform=False, seeds=4, adam_steps=6, seed=5, perceptual=lp, progress=False)
+    res = project(g, targets, halving=(2, 4), **kw)
+    ev = res.evaluations["latent"]
+    # per image: 4 seeds run steps 0-1, the better 2 steps 2-3, the best one steps 4-5 and
+    # the final evaluation (step 6): forwards 2, 2, 4, 7 and backwards 2, 2, 4, 6
+    for b in range(2):
+        assert sorted(ev["forward"][b].tolist()) == [2, 2, 4, 7]
+        assert sorted(ev["backward"][b].tolist()) == [2, 2, 4, 6]
+    assert (counting.forward_rows, counting.backward_rows) == _counted(res)
+    hist = res.history["latent"]                               # [B, S, 6] generator-frame loss
+    for b in range(2):
+        best_at_2 = hist[b, :, :2].amin(1)                     # what the first halving ranked
+        kept = ev["forward"][b] > 2
+        assert best_at_2[kept].max() <= best_at_2[~kept].min()
+        assert hist[b, ~kept, 2:].isnan().all() and not hist[b, kept, 2:4].isnan().any()
+        best_at_4 = hist[b, :, :4].amin(1)
+        last = ev["forward"][b] == 7
+        assert best_at_4[last].max() <= best_at_4[kept & ~last].min()
+    # a stopped seed returns its best point: its reported loss is its best evaluation's
+    plain = project(g, targets, **kw)
+    assert (res.losses["total"] >= plain.losses["total"].amin(1, keepdim=True) - 1e-6).all()
+    stopped_rows = ev["forward"] == 2
+    torch.testing.assert_close(res.losses["total"][stopped_rows], plain.history["latent"][:, :, :2].amin(2)[stopped_rows],
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_target_loss_stops_each_image_where_it_reaches_its_target(gen, lp):
+    g, counting = _counting(gen.net)
+    phi_true = torch.tensor([[0.6, 0.6, 0.2, 0.1, 0.0], [0.5, 0.55, -0.2, 0.0, 0.0]])
+    photos = torch.cat([_placed(gen, _z(1, 111), phi_true[:1]), _placed(gen, _z(1, 112), phi_true[1:])])
+    kw = dict(method="adam", transform="init", boxes=[[18, 20, 58, 58], [8, 14, 42, 50]], seeds=3, adam_steps=60,
+              seed=7, perceptual=lp, progress=False)
+    full = project(g, photos, **kw)
+    assert full.reached is None and full.reached_seconds is None
+    start = project(g, photos, **{**kw, "adam_steps": 0}).losses["total"].amin(1)
+    end = full.losses["total"].amin(1)
+    target = (start + end) / 2                                 # halfway: reachable, not at once
+    counting.forward_rows = counting.backward_rows = 0
+    res = project(g, photos, target_loss=target, target_every=3, **kw)
+    assert res.reached.tolist() == [True, True]
+    assert res.reached_seconds.isfinite().all() and (res.reached_seconds <= res.seconds).all()
+    # quality: each image's reported best is at or below its target (float32 rounding aside)
+    assert (res.losses["total"].amin(1) <= target * (1 + 1e-5)).all()
+    # and it got there with fewer generator evaluations than the whole budget
+    for stage in ("forward", "backward"):
+        spent, whole = res.evaluations["latent"][stage].sum(1), full.evaluations["latent"][stage].sum(1)
+        assert (spent < whole).all(), (stage, spent.tolist(), whole.tolist())
+    # every image stopped at a check (a multiple of target_every): its seeds' forwards say so
+    assert ((res.evaluations["latent"]["forward"] - 1) % 3 == 0).all()
+    assert (counting.forward_rows, counting.backward_rows) == _counted(res)
+    summary = res.summary()
+    assert summary[0]["reached"] is True and summary[1]["reached_seconds"] > 0
+    assert res.to_dict()["reached"] == [True, True]
+    # an unreachable target spends the whole budget and says so
+    never = project(g, photos, target_loss=0.0, **kw)
+    assert never.reached.tolist() == [False, False] and never.reached_seconds.isnan().all()
+    torch.testing.assert_close(never.losses["total"], full.losses["total"])
+
+
+def test_halving_and_targets_batched_equal_each_image_alone(gen, lp):
+    g64 = _g64(gen)
+    phi_true = torch.tensor([[0.6, 0.6, 0.2, 0.1, 0.0], [0.5, 0.55, -0.2, 0.0, 0.0]])
+    photos = torch.cat([_placed(gen, _z(1, 121), phi_true[:1]), _placed(gen, _z(1, 122), phi_true[1:])]).double()
+    boxes = [[18, 20, 58, 58], [8, 14, 42, 50]]
+    lp64 = copy.deepcopy(lp).double()
+    for method, extra in (("adam", dict(adam_steps=30)),
+                          ("basincma", dict(meta_steps=2, grad_steps=3, last_grad_steps=30))):
+        kw = dict(method=method, seeds=4, transform_meta_steps=2, transform_grad_steps=3, halving=(4, 8),
+                  target_every=2, perceptual=lp64, progress=False, **extra)
+        probe = project(g64, photos, boxes=boxes, seed=[11, 22], **kw)
+        # one target reached midway, one never: each image must stop on its own
+        target = [float(probe.history["latent"][0].nanmean()), 0.0]
+        both = project(g64, photos, boxes=boxes, seed=[11, 22], target_loss=target, **kw)
+        assert both.reached.tolist() == [True, False], method
+        for b, s in enumerate((11, 22)):
+            one = project(g64, photos[b:b + 1], boxes=boxes[b:b + 1], seed=s, target_loss=target[b], **kw)
+            assert one.reached.tolist() == both.reached[b:b + 1].tolist()
+            torch.testing.assert_close(both.phi[b], one.phi[0], atol=1e-9, rtol=0)
+            torch.testing.assert_close(both.z[b], one.z[0], atol=1e-8, rtol=0)
+            torch.testing.assert_close(both.losses["total"][b], one.losses["total"][0], atol=1e-9, rtol=0)
+            for stage in ("transform", "latent", "score"):
+                for kind in ("forward", "backward"):
+                    assert both.evaluations[stage][kind][b].tolist() == one.evaluations[stage][kind][0].tolist()
+
+
+class FoldableG(nn.Module):
+    """z [N, 8] → [N, 3, 32, 32] through transposed convolutions with batch norms (a DCGAN)."""
+
+    def __init__(self):
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.ConvTranspose2d(Z_DIM, 16, 4, 1, 0, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.ConvTranspose2d(16, 8, 4, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.ConvTranspose2d(8, 8, 4, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.ConvTranspose2d(8, 3, 4, 2, 1, bias=False), nn.Tanh())
+
+    def forward(self, z):
+        return self.main(z)
+
+
+def _bn_generator():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        net = FoldableG()
+        for m in net.modules():  # running statistics as a trained net would have them
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.2, 0.2)
+    return models.Generator(net, Z_DIM, latent_shape=(Z_DIM, 1, 1), object_box=(-1, -1, 1, 1), name="bn")
+
+
+def test_fast_generator_folds_batchnorm_and_keeps_the_images(lp):
+    from latentx.projection.fast import fast_generator, fold_batchnorm
+
+    g = _bn_generator()
+    fast = fast_generator(g)
+    assert fast.fast_info == {"folded_batchnorms": 3, "channels_last": True}
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules()) == 0
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in g.modules()) == 3  # the caller's is untouched
+    z = _z(5, 131)
+    torch.testing.assert_close(fast(z), g(z), atol=1e-5, rtol=1e-5)
+    # gradients with respect to z agree too (what projection back-propagates)
+    grads = []
+    for net in (g, fast):
+        zz = z.clone().requires_grad_(True)
+        net(zz).square().sum().backward()
+        grads.append(zz.grad)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=1e-4)
+    # a training-mode batch norm is not folded (its output depends on the batch)
+    train_bn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4).train())
+    assert fold_batchnorm(train_bn) == 0
+    target = g(_z(1, 132)).detach()
+    kw = dict(method="adam", transform=False, seeds=3, adam_steps=10, seed=1, perceptual=lp, progress=False)
+    a, b = project(g, target, **kw), project(g, target, fast_generator=True, **kw)
+    torch.testing.assert_close(a.z, b.z, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(a.losses["total"], b.losses["total"], atol=1e-5, rtol=1e-5)
+    assert b.settings["fast_generator"] is True
+
+
+def test_bfloat16_search_reports_float32_losses_and_counts_its_checks(gen, lp):
+    g, counting = _counting(gen.net)
+    target = gen(_z(2, 141)).detach()
+    kw = dict(method="adam", transform=False, seeds=3, adam_steps=20, seed=3, perceptual=lp, progress=False)
+    low = project(g, target, precision="bfloat16", target_loss=0.0, target_every=4, **kw)
+    # the checks re-render each image's best seed in float32: one more forward per check
+    ev = low.evaluations["latent"]["forward"]
+    checks = len(range(0, 20, 4)) + 1                          # steps 0, 4, ..., 16 and the last (20)
+    assert int(ev.sum()) == 2 * 3 * 21 + 2 * checks
+    assert (counting.forward_rows, counting.backward_rows) == _counted(low)
+    # the reported losses are float32 ones: scoring the same latents in float32 gives them
+    rescored = project(gen, target, method="adam", transform=False, seeds=3, adam_steps=0, z_init=low.z, seed=3,
+                       perceptual=lp, progress=False)
+    torch.testing.assert_close(low.losses["total"], rescored.losses["total"], atol=1e-6, rtol=1e-6)
+    # and bfloat16 still optimises: the loss falls well below the start
+    start = project(gen, target, **{**kw, "adam_steps": 0}).losses["total"].amin(1)
+    assert (low.losses["total"].amin(1) < 0.9 * start).all()
+
+
+def test_z_init_from_the_transform_search(gen, lp):
+    phi_true = torch.tensor([[0.6, 0.6, 0.2, 0.1, 0.0]])
+    photo = _placed(gen, _z(1, 151), phi_true)
+    kw = dict(method="adam", boxes=[[18, 20, 58, 58]], seeds=4, transform_meta_steps=3, transform_grad_steps=8,
+              adam_steps=0, seed=2, perceptual=lp, progress=False)
+    warm = project(gen, photo, z_init="transform", **kw)
+    cold = project(gen, photo, **kw)
+    torch.testing.assert_close(warm.phi, cold.phi)             # the same stage 1
+    # stage 1's descended latents start far better than fresh draws
+    assert warm.losses["total"].mean() < 0.8 * cold.losses["total"].mean()
+    assert warm.settings["z_init"] == "transform"
+    with pytest.raises(ValueError, match="needs transform=True"):
+        project(gen, photo, **{**kw, "transform": "init"}, z_init="transform")
+
+
+def test_time_to_quality_options_check_their_arguments(gen, lp):
+    target = gen(_z(2, 161)).detach()
+    kw = dict(transform=False, seeds=2, adam_steps=2, seed=0, perceptual=lp, progress=False)
+    with pytest.raises(ValueError, match="target_loss must be a number or 2 numbers"):
+        project(gen, target, target_loss=[0.1, 0.2, 0.3], **kw)
+    with pytest.raises(ValueError, match="target_loss must be finite numbers >= 0"):
+        project(gen, target, target_loss=-1.0, **kw)
+    with pytest.raises(TypeError, match="target_loss must be a number"):
+        project(gen, target, target_loss="low", **kw)
+    with pytest.raises(ValueError, match="halving steps must increase"):
+        project(gen, target, halving=(4, 2), **kw)
+    with pytest.raises(ValueError, match="halving step must be an integer >= 1"):
+        project(gen, target, halving=(0,), **kw)
+    with pytest.raises(ValueError, match="method 'lbfgs' has none"):
+        project(gen, target, method="lbfgs", target_loss=0.1, **kw)
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16"):
+        project(gen, target, precision="float16", **kw)
+    with pytest.raises(ValueError, match="target_every must be an integer >= 1"):
+        project(gen, target, target_loss=0.1, target_every=0, **kw)
+    with pytest.raises(ValueError, match="z_init must be a tensor .* or 'transform'"):
+        project(gen, target, z_init="encoder", **kw)

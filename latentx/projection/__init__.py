@@ -16,7 +16,9 @@ The package, by concern:
 * :mod:`.finetune` — :func:`finetune`, tuning the generator's weights (seed 003 eq. 6);
 * :mod:`.encoder` — the learning-based family (seed 002): :class:`LatentEncoder`,
   :func:`train_encoder`, :func:`load_encoder`;
-* :mod:`.results` — :class:`ProjectionResult`, :class:`FinetuneResult`.
+* :mod:`.results` — :class:`ProjectionResult`, :class:`FinetuneResult`;
+* :mod:`.fast` — a faster generator step: :func:`fast_generator` (batch norms folded into the
+  convolutions, channels-last weights) and the bfloat16 search precision.
 
 Frames. ``images`` [B, 3, H, W] are the *photo frame*; the generator draws in its own frame
 (h × w). φ = [s_x, s_y, t_x, t_y, γ] holds a spatial transform ψ (``latentx.transforms``:
@@ -83,6 +85,7 @@ of the generator's weights θ (and z, c, optionally φ) of the photo-frame L_mas
 """
 
 from latentx.projection.encoder import LatentEncoder, load_encoder, train_encoder, EncoderTraining
+from latentx.projection.fast import fast_generator
 from latentx.projection.finetune import finetune
 from latentx.projection.lbfgs import batched_lbfgs
 from latentx.projection.objective import (PHI_NAMES, default_lpips, invert_images, masked_losses,
@@ -94,4 +97,4 @@ from latentx.projection.search import METHODS, project
 __all__ = ["METHODS", "PHI_NAMES", "ProjectionResult", "project", "FinetuneResult", "finetune",
            "NonFiniteError", "default_lpips", "masks_from_boxes", "masked_losses", "phi_transform",
            "transform_images", "invert_images", "batched_lbfgs", "LatentEncoder", "EncoderTraining",
-           "train_encoder", "load_encoder"]
+           "train_encoder", "load_encoder", "fast_generator"]

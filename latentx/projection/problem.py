@@ -11,6 +11,7 @@ generator output, loss and gradient for NaN / inf (:class:`NonFiniteError`).
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from typing import Optional, Sequence, Union
 
@@ -18,11 +19,12 @@ import torch
 from torch import Tensor
 
 from latentx.lpips import LPIPS, TargetFeatures
+from latentx.projection.fast import GeneratorPrecision
 from latentx.projection.lbfgs import batched_lbfgs
 from latentx.projection.objective import (masked_losses, phi_transform, quiet_encode,
                                           take_features)
 
-__all__ = ["NonFiniteError", "STAGES", "Problem", "Progress", "Targets"]
+__all__ = ["NonFiniteError", "STAGES", "Problem", "Progress", "SeedSchedule", "Targets"]
 
 STAGES = ("transform", "latent", "score")
 STAGE_NAMES = {"transform": "transform search", "latent": "latent search", "score": "scoring",
@@ -131,14 +133,18 @@ class Problem:
         c0: [B, c_dim] class embeddings, or None.
         progress: a :class:`Progress` (or None: none).
         on_nonfinite: ``"raise"`` or ``"drop"`` (see :meth:`nonfinite`).
+        precision: ``"float32"`` or ``"bfloat16"``: the generator's forward pass while
+            searching (:class:`~latentx.projection.fast.GeneratorPrecision`); ``render(...,
+            exact=True)`` (target checks, scoring) always runs in the generator's own dtype.
         who: the function name in messages.
     """
 
     def __init__(self, *, generator, images: Tensor, masks: Tensor, perceptual: LPIPS, beta: float,
                  seeds: int = 1, streams: Sequence[torch.Generator] = (), lr: float = 0.05,
                  lr_c: float = 1e-4, c0: Optional[Tensor] = None, progress: Optional[Progress] = None,
-                 on_nonfinite: str = "raise", who: str = "project") -> None:
+                 on_nonfinite: str = "raise", precision: str = "float32", who: str = "project") -> None:
         self.G = generator
+        self.search_G = GeneratorPrecision(generator, precision)
         self.images, self.masks = images, masks
         self.B, _, self.H, self.W = images.shape
         self.S = seeds
@@ -171,8 +177,11 @@ class Problem:
         return None if self.c0 is None else self.c0[self.rows].clone()
 
     # --- evaluation ------------------------------------------------------------------------
-    def render(self, z: Tensor, c: Optional[Tensor]) -> Tensor:
-        return self.G(z, c) if c is not None else self.G(z)
+    def render(self, z: Tensor, c: Optional[Tensor], *, exact: bool = False) -> Tensor:
+        """G(z, c) [n, 3, h, w]: in the search precision, or (``exact``) in the generator's own."""
+        if exact:
+            return self.G(z, c) if c is not None else self.G(z)
+        return self.search_G(z, c)
 
     def count(self, idx: Optional[Tensor], kind: str) -> None:
         """One ``kind`` ("forward" / "backward") evaluation for rows ``idx`` (None: all) in
@@ -262,15 +271,25 @@ class Problem:
 
     # --- Adam on (z, c), every row independent (Adam is elementwise; the loss sums rows) ----
     def adam(self, z0: Tensor, c0: Optional[Tensor], tg: Targets, steps: int, history: list, *,
-             generation: Optional[int] = None, keep_images: bool = False, sample: bool = False):
+             generation: Optional[int] = None, keep_images: bool = False, sample: bool = False,
+             schedule: Optional["SeedSchedule"] = None):
         """``steps`` Adam steps from (z0, c0) [N, ·] against ``tg``, then one evaluation of
         the last point; the best evaluated point per row is returned.
 
+        ``schedule`` (a :class:`SeedSchedule`; the rows must be the problem's N rows) stops
+        rows early: successive halving of each image's seeds, and each image's seeds once its
+        target loss is reached (its returned point is then the one that reached it). A stopped
+        row is not evaluated again and keeps its best point.
+
         Returns (z [N, d], c or None, f [N] (inf for a row with no finite evaluation), died [N]
         bool (rows stopped by a non-finite value), out [N, 3, h, w] (G at the best point, when
-        ``keep_images``; else None)). ``history`` gets one [N] loss per step (NaN for stopped
-        rows). Counts N·(steps + 1) forwards and N·steps backwards (fewer for stopped rows)."""
+        ``keep_images``; else None)). ``history`` gets one [N] loss per step (NaN for rows not
+        evaluated at that step). Counts, per row, one forward per step it is evaluated at and
+        one backward per step it is evaluated at and then stepped: N·(steps + 1) forwards and
+        N·steps backwards when nothing stops early."""
         n = z0.shape[0]
+        if schedule is not None and n != self.N:
+            raise ValueError(f"{self.who}: a seed schedule needs the problem's {self.N} rows, got {n}")
         z = self.clamp_(z0.detach().clone()).requires_grad_(True)
         groups = [{"params": [z], "lr": self.lr}]
         c = None
@@ -282,12 +301,39 @@ class Problem:
         best_z = z.detach().clone()
         best_c = None if c is None else c.detach().clone()
         best_out = None
-        live = torch.ones(n, dtype=torch.bool, device=self.device)
+        live = torch.ones(n, dtype=torch.bool, device=self.device)      # False: non-finite, dropped
+        stopped = torch.zeros(n, dtype=torch.bool, device=self.device)  # True: stopped by the schedule
         step_name = "Adam step" if generation is not None else "step"
+
+        pending = None  # the last check's evaluation, scored before the next step's forward
+
+        def reach(pending) -> None:
+            # an image whose best row in ``pending`` reaches its target stops; that row returns
+            # the point that reached it
+            p_rows, p_f, p_z, p_c, p_out = pending
+            hit = schedule.check_target(self, p_rows, p_f, p_z, p_c, p_out)
+            if hit is not None:
+                where = torch.searchsorted(p_rows, hit)
+                best_z[hit] = p_z[where]
+                if c is not None:
+                    best_c[hit] = p_c[where]
+                best_f[hit] = p_f[where].to(best_f.dtype)
+                stopped.copy_(stopped | schedule.reached[self.rows])
 
         for step in range(steps + 1):
             last = step == steps
-            idx = None if bool(live.all()) else live.nonzero().flatten()
+            if pending is not None:
+                # Checked here, before this step's forward, rather than right after the
+                # evaluation: that evaluation's backward ran for the whole batch anyway, and
+                # stopping before the next forward makes what an image spends independent of
+                # the other images in the batch.
+                with torch.no_grad():
+                    reach(pending)
+                pending = None
+            if schedule is not None and step in schedule.halving:
+                stopped |= schedule.halve(best_f, live & ~stopped)
+            active = live & ~stopped
+            idx = None if bool(active.all()) else active.nonzero().flatten()
             if idx is not None and idx.numel() == 0:
                 if not last:
                     history.append(torch.full((n,), math.nan, dtype=self.dtype, device=self.device))
@@ -321,24 +367,36 @@ class Problem:
                     ofull[rows] = o
                     best_out.copy_(torch.where(better[:, None, None, None], ofull, best_out))
                 live[rows[~ok]] = False
+                if schedule is not None and schedule.checks(step, last):
+                    pending = (rows[ok], fd[ok], zz.detach()[ok].clone(),
+                               None if cc is None else cc.detach()[ok].clone(), out.detach()[ok])
+                    if last:
+                        reach(pending)
+                        pending = None
             if last:
                 break
             history.append(full_f)
-            torch.where(ok, f, torch.zeros_like(f)).sum().backward()
-            self.count(rows[ok], "backward")
+            train = ok & live[rows] & ~stopped[rows]
+            if bool(train.any()):
+                torch.where(train, f, torch.zeros_like(f)).sum().backward()
+                self.count(rows[ok], "backward")
             with torch.no_grad():
+                if z.grad is None:  # nothing in this batch takes a step
+                    self.progress.update(1)
+                    continue
                 gz = z.grad[rows]
                 gbad = ~gz.flatten(1).isfinite().all(1)
                 if c is not None:
                     gbad |= ~c.grad[rows].isfinite().all(1)
-                gbad &= ok
+                gbad &= train
                 if bool(gbad.any()):
                     self.nonfinite(rows[gbad], "gradient", step, generation, step_name=step_name, sample=sample)
                     live[rows[gbad]] = False
                 # rows that stopped take no step (their gradient may hold NaN)
-                z.grad.copy_(torch.where(live[:, None], z.grad, torch.zeros_like(z.grad)))
+                moving = live & ~stopped
+                z.grad.copy_(torch.where(moving[:, None], z.grad, torch.zeros_like(z.grad)))
                 if c is not None:
-                    c.grad.copy_(torch.where(live[:, None], c.grad, torch.zeros_like(c.grad)))
+                    c.grad.copy_(torch.where(moving[:, None], c.grad, torch.zeros_like(c.grad)))
                 opt.step()
                 self.clamp_(z)
             self.progress.update(1, loss=f"{float(fd[ok].min()) if bool(ok.any()) else math.nan:.4f}")
@@ -391,3 +449,90 @@ class Problem:
         died = res.status == 3  # "nonfinite"
         f = torch.where(res.f.isfinite(), res.f, torch.full_like(res.f, math.inf))
         return z, c, f, died
+
+
+class SeedSchedule:
+    """Stops seeds inside an Adam run (:meth:`Problem.adam`), per image, so that batching
+    images does not change what any one of them does:
+
+    * successive halving: at each Adam step in ``halving`` (steps taken so far), the worse
+      half of each image's running seeds — by their best generator-frame loss so far — stop
+      (the better ⌈n/2⌉ go on), so the budget goes to the basins that can still win;
+    * a target: every ``every`` steps (and at the last evaluation), each running image's
+      best current seed (lowest generator-frame loss at this step) is scored with the
+      photo-frame loss the result reports (in float32, re-rendered when searching in lower
+      precision, one forward counted for that row); at or below ``target[b]`` image b stops.
+
+    Args (keyword-only):
+        problem: the :class:`Problem`. phi: [B, 5] φ of each image's latent search.
+        halving: Adam steps at which to halve (each ≥ 1). target: [B] photo-frame total loss
+            per image (NaN or inf: none for that image), or None. every: steps between checks.
+        clock: ``time.perf_counter()`` at the start of the projection (``seconds`` counts from it).
+
+    State: ``reached`` [B] bool, ``seconds`` [B] float64 (wall seconds from ``clock`` to the
+    check that reached the target; NaN where not reached), ``loss`` [B] the checked loss
+    that reached it (NaN where not reached).
+    """
+
+    def __init__(self, *, problem: "Problem", phi: Tensor, halving: Sequence[int] = (),
+                 target: Optional[Tensor] = None, every: int = 5, clock: Optional[float] = None) -> None:
+        P = problem
+        self.phi = phi
+        self.halving = frozenset(int(k) for k in halving)
+        self.target = None if target is None else target.to(device=P.device, dtype=torch.float64)
+        self.every = int(every)
+        self.clock = time.perf_counter() if clock is None else clock
+        self.reached = torch.zeros(P.B, dtype=torch.bool, device=P.device)
+        self.seconds = torch.full((P.B,), math.nan, dtype=torch.float64)
+        self.loss = torch.full((P.B,), math.nan, dtype=torch.float64)
+        self.S = P.S
+
+    def halve(self, best_f: Tensor, running: Tensor) -> Tensor:
+        """[N] bool: the rows to stop now — per image, the running rows ranked below the
+        better ⌈n/2⌉ of its n running rows by ``best_f`` (ties: the lower seed index goes on)."""
+        B, S = running.numel() // self.S, self.S
+        key = torch.where(running, best_f.to(torch.float64),
+                          torch.full_like(best_f, math.inf, dtype=torch.float64)).reshape(B, S)
+        # rank within each image: 0 for the best running row
+        order = key.argsort(dim=1, stable=True)
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(S, device=order.device).expand(B, S).contiguous())
+        keep = (running.reshape(B, S).sum(1, keepdim=True) + 1) // 2
+        return (running.reshape(B, S) & (rank >= keep)).reshape(-1)
+
+    def checks(self, step: int, last: bool) -> bool:
+        return self.target is not None and (last or step % self.every == 0)
+
+    def check_target(self, P: "Problem", rows: Tensor, f: Tensor, z: Tensor, c: Optional[Tensor],
+                     out: Tensor) -> Optional[Tensor]:
+        """Score each image's best row among ``rows`` (global indices, finite losses ``f``, at
+        latents ``z`` / ``c`` with images ``out``) in the photo frame; images at or below their
+        target are marked reached. Returns the reached rows' global indices, or None."""
+        if rows.numel() == 0:
+            return None
+        images = P.rows[rows]
+        # per image, the position (in rows) of its lowest f: sort by (image, f)
+        order = torch.argsort(f.to(torch.float64), stable=True)
+        order = order[torch.argsort(images[order], stable=True)]
+        first = torch.ones_like(order, dtype=torch.bool)
+        first[1:] = images[order][1:] != images[order][:-1]
+        pick = order[first]
+        b = images[pick]
+        todo = ~self.reached[b] & self.target[b].isfinite()
+        pick, b = pick[todo], b[todo]
+        if pick.numel() == 0:
+            return None
+        o = out[pick]
+        if P.search_G.precision != "float32":
+            o = P.render(z[pick], None if c is None else c[pick], exact=True)
+            P.count(rows[pick], "forward")
+        loss = P.photo_loss(o, self.phi[b], rows=b)["total"].to(torch.float64)
+        hit = loss.isfinite() & (loss <= self.target[b])
+        if not bool(hit.any()):
+            return None
+        now = time.perf_counter() - self.clock
+        bh = b[hit]
+        self.reached[bh] = True
+        self.seconds[bh.cpu()] = now
+        self.loss[bh.cpu()] = loss[hit].cpu()
+        return rows[pick[hit]]

@@ -43,6 +43,10 @@ class ProjectionResult:
             pass that scores the returned latents). A forward is one G(z, c) of one row; a
             backward is one back-propagation through it.
         dropped: [B, S] bool: seeds dropped for non-finite values (``on_nonfinite="drop"``).
+        reached: [B] bool, with ``target_loss``: the images stopped because a seed reached
+            their target (None without a target); ``reached_seconds``: [B] float64 wall
+            seconds from the start of the call to the check that reached it (NaN where not
+            reached) — for images projected together, each image's own time to its target.
         method, transform, perceptual (which LPIPS ran), settings, seconds (wall time).
     """
 
@@ -65,6 +69,8 @@ class ProjectionResult:
     seconds: float = 0.0
     evaluations: dict = field(default_factory=dict)
     dropped: Optional[Tensor] = None
+    reached: Optional[Tensor] = None
+    reached_seconds: Optional[Tensor] = None
 
     @property
     def transform_object(self) -> Transform:
@@ -109,6 +115,9 @@ class ProjectionResult:
                                 for stage, counts in evals.items()},
                 "dropped": 0 if self.dropped is None else int(self.dropped[b].sum()),
             })
+            if self.reached is not None:
+                sec = float(self.reached_seconds[b])
+                out[-1].update(reached=bool(self.reached[b]), reached_seconds=None if sec != sec else sec)
         return out
 
     def to_dict(self) -> dict:
@@ -128,6 +137,9 @@ class ProjectionResult:
             "evaluations": {stage: {k: v.tolist() for k, v in counts.items()}
                             for stage, counts in self.evaluations.items()},
             "dropped": None if self.dropped is None else self.dropped.tolist(),
+            "reached": None if self.reached is None else self.reached.tolist(),
+            "reached_seconds": None if self.reached_seconds is None else
+            [None if x != x else x for x in self.reached_seconds.tolist()],
             "summary": self.summary(),
         }
 

@@ -18,7 +18,8 @@ from latentx.lpips import LPIPS
 from latentx.models import Generator
 from latentx.projection.objective import (check_lpips_size, default_lpips, masks_from_boxes,
                                           phi_transform, transform_images)
-from latentx.projection.problem import NonFiniteError, Problem, Progress, Targets
+from latentx.projection.fast import PRECISIONS, fast_generator as make_fast_generator
+from latentx.projection.problem import NonFiniteError, Problem, Progress, SeedSchedule, Targets
 from latentx.projection.results import ProjectionResult
 from latentx.transforms import SpatialTransform
 
@@ -26,6 +27,8 @@ __all__ = ["METHODS", "project"]
 
 METHODS = ("adam", "lbfgs", "cma", "cma+adam", "basincma", "encoder", "hybrid")
 _NEEDS_ENCODER = ("encoder", "hybrid")
+# methods whose latent stage ends in one Adam run from S points: target_loss and halving act on it
+_SCHEDULED = ("adam", "hybrid", "cma+adam", "basincma")
 
 
 # --- argument checks ------------------------------------------------------------------------
@@ -87,10 +90,11 @@ def _standardise(z: Tensor) -> Tensor:
 # --- stage 1: the transform -----------------------------------------------------------------
 
 def search_transform(P: Problem, phi0: Tensor, *, meta_steps: int, grad_steps: int, sigma: float,
-                     brightness: bool, propagate: bool) -> tuple[Tensor, Tensor, Tensor]:
+                     brightness: bool, propagate: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Stage 1: CMA over φ (one instance per image, popsize S), ``grad_steps`` Adam steps on
     z per sample against T_φ(y), CMA told the photo-frame loss. Returns φ* (the CMA mean)
-    [B, 5] and the per-generation best / mean loss told, [B, meta_steps] each."""
+    [B, 5], the per-generation best / mean loss told, [B, meta_steps] each, and the last
+    generation's descended latents [N, d] (row b·S + s: image b's sample s)."""
     P.stage = "transform"
     B, S, d = P.B, P.S, P.d
     k = 5 if brightness else 4
@@ -145,7 +149,7 @@ def search_transform(P: Problem, phi0: Tensor, *, meta_steps: int, grad_steps: i
                                  stage="transform search", image=b, seed=None, step=None, what="CMA state")
     mean = torch.maximum(torch.minimum(cma.mean, hi), lo)
     phi_star = mean if k == 5 else torch.cat([mean, torch.zeros_like(mean[:, :1])], 1)
-    return phi_star, torch.stack(best_hist, 1), torch.stack(mean_hist, 1)
+    return phi_star, torch.stack(best_hist, 1), torch.stack(mean_hist, 1), z.detach()
 
 
 # --- stage 2: the latent --------------------------------------------------------------------
@@ -153,9 +157,12 @@ def search_transform(P: Problem, phi0: Tensor, *, meta_steps: int, grad_steps: i
 def search_latent(P: Problem, method: str, phi_star: Tensor, *, meta_steps: int, grad_steps: int,
                   last_grad_steps: int, adam_steps: int, lbfgs_steps: int, lbfgs_lr: float, cma_steps: int,
                   tell: str, encoder: Optional[Callable[[Tensor], Tensor]], encoder_noise: float,
-                  z_init: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor], Tensor, Tensor]:
+                  z_init: Optional[Tensor], schedule: Optional[SeedSchedule] = None
+                  ) -> tuple[Tensor, Optional[Tensor], Tensor, Tensor]:
     """Stage 2 with φ* fixed. Returns z [N, d], c [N, c_dim] or None, history [B, S, T] and
-    dropped [N] bool (rows stopped by a non-finite value, ``on_nonfinite="drop"``)."""
+    dropped [N] bool (rows stopped by a non-finite value, ``on_nonfinite="drop"``).
+    ``schedule`` (halving, target) acts on the method's final Adam run: all of ``adam`` /
+    ``hybrid``, the Adam part of ``cma+adam``, BasinCMA's last generation."""
     P.stage = "latent"
     B, S, d, T, N = P.B, P.S, P.d, P.T, P.N
     phi_rows = phi_star[P.rows]
@@ -219,7 +226,7 @@ def search_latent(P: Problem, method: str, phi_star: Tensor, *, meta_steps: int,
         return top_x, top_f
 
     if method in ("adam", "hybrid"):
-        z, c, _, died, _ = P.adam(start_points(), P.c_rows(), tg, adam_steps, hist)
+        z, c, _, died, _ = P.adam(start_points(), P.c_rows(), tg, adam_steps, hist, schedule=schedule)
         dropped |= died
     elif method == "lbfgs":
         z, c, _, died = P.lbfgs(start_points(), P.c_rows(), tg, lbfgs_steps, lbfgs_lr, hist)
@@ -234,7 +241,8 @@ def search_latent(P: Problem, method: str, phi_star: Tensor, *, meta_steps: int,
         dropped |= ~top_f.reshape(N).isfinite()
     elif method == "cma+adam":
         top_x, _ = cma_generations(make_cma(), cma_steps)
-        z, c, _, died, _ = P.adam(top_x.reshape(N, d).to(P.dtype), P.c_rows(), tg, adam_steps, hist)
+        z, c, _, died, _ = P.adam(top_x.reshape(N, d).to(P.dtype), P.c_rows(), tg, adam_steps, hist,
+                                  schedule=schedule)
         dropped |= died
     else:  # basincma
         cma = make_cma()
@@ -243,7 +251,7 @@ def search_latent(P: Problem, method: str, phi_star: Tensor, *, meta_steps: int,
             x = cma.ask(noise=P.randn(S, d))                               # [B, S, d]
             z, c, f, died, _ = P.adam(x.reshape(N, d).to(P.dtype), P.c_rows(), tg,
                                       last_grad_steps if last else grad_steps, hist,
-                                      generation=it, sample=not last)
+                                      generation=it, sample=not last, schedule=schedule if last else None)
             if last:
                 dropped |= died | ~f.isfinite()
             else:
@@ -297,7 +305,12 @@ def project(
     c0: Optional[Tensor] = None,
     encoder: Union[Callable[[Tensor], Tensor], str, os.PathLike, None] = None,
     encoder_noise: float = math.sqrt(0.5),
-    z_init: Optional[Tensor] = None,
+    z_init: Union[Tensor, str, None] = None,
+    target_loss: Union[float, Sequence[float], Tensor, None] = None,
+    target_every: int = 5,
+    halving: Optional[Sequence[int]] = None,
+    fast_generator: bool = False,
+    precision: str = "float32",
     on_nonfinite: str = "raise",
     perceptual: Optional[LPIPS] = None,
     seed: Union[int, Sequence[int], None] = None,
@@ -338,7 +351,27 @@ def project(
             from z ~ N(E(T_φ(y)), ``encoder_noise``²·I) (seed 0 at E(T_φ(y)) itself) and the
             CMA methods from the mean E(T_φ(y)).
         z_init: [B, S, z_dim] starting latents for ``adam`` / ``lbfgs`` / ``hybrid`` (instead
-            of the random or encoder draws).
+            of the random or encoder draws); or ``"transform"`` (with ``transform=True``): the
+            latents stage 1's last generation descended to, seed s from CMA sample s — the
+            transform search's work is carried on instead of thrown away.
+        target_loss: stop an image as soon as one of its seeds reaches this photo-frame
+            total loss (the ``losses["total"]`` the result reports): a number, or one per
+            image. Checked every ``target_every`` Adam steps of the latent stage's final Adam
+            run (``adam``, ``hybrid``, ``cma+adam``'s Adam, BasinCMA's last generation) on
+            each image's best current seed; that seed then returns the point that reached the
+            target, and the image's other seeds their best so far. ``result.reached`` /
+            ``result.reached_seconds`` say which images got there and when.
+        halving: successive halving over seeds in that same Adam run: at each listed Adam
+            step (e.g. ``(25, 50, 100, 200)``) each image keeps the better half (⌈n/2⌉) of its
+            running seeds, by their best loss so far; the others stop and return their best
+            point. Seeds stopped early are not evaluated again (``evaluations`` counts only
+            what ran).
+        fast_generator: run a copy of the generator with its batch norms folded into the
+            convolutions and channels-last weights (:func:`~latentx.projection.fast.fast_generator`):
+            the same images up to float rounding, a cheaper step.
+        precision: ``"float32"`` (default) or ``"bfloat16"``: the generator's forward pass
+            while searching (stage 1, stage 2) under autocast; target checks and the reported
+            losses are computed in float32.
         on_nonfinite: ``"raise"`` (default): a NaN / inf in a generator output, loss or
             gradient raises :class:`~latentx.projection.NonFiniteError` naming the stage,
             image, seed and step; ``"drop"``: that seed (or CMA sample) is dropped with a
@@ -366,6 +399,20 @@ def project(
         raise ValueError(f"project: tell must be 'sampled' or 'descended', got {tell!r}")
     if on_nonfinite not in ("raise", "drop"):
         raise ValueError(f"project: on_nonfinite must be 'raise' or 'drop', got {on_nonfinite!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"project: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not isinstance(fast_generator, bool):
+        raise TypeError(f"project: fast_generator must be True or False, got {fast_generator!r}")
+    target_every = _check_int("target_every", target_every, 1)
+    if (target_loss is not None or halving is not None) and method not in _SCHEDULED:
+        raise ValueError(f"project: target_loss and halving act on the final Adam run of "
+                         f"{', '.join(_SCHEDULED)}; method {method!r} has none")
+    if halving is not None:
+        if isinstance(halving, (str, bytes)) or not hasattr(halving, "__iter__"):
+            raise TypeError(f"project: halving must be a sequence of Adam steps, got {halving!r}")
+        halving = [_check_int("halving step", k, 1) for k in halving]
+        if any(b <= a for a, b in zip(halving, halving[1:])):
+            raise ValueError(f"project: halving steps must increase, got {halving}")
     one_seed_ok = method in ("adam", "lbfgs", "encoder", "hybrid") and transform is not True
     seeds = _check_int("seeds", seeds, 1 if one_seed_ok else 2)
     meta_steps = _check_int("meta_steps", meta_steps, 1)
@@ -394,12 +441,36 @@ def project(
     gen_size = generator.resolution
     images = check_images(images, gen_size).to(device=device, dtype=dtype)
     B, _, H, W = images.shape
+    if target_loss is not None:
+        try:
+            tl = torch.as_tensor(target_loss, dtype=torch.float64).flatten().cpu()
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"project: target_loss must be a number or {B} numbers (one per image), "
+                            f"got {type(target_loss).__name__}") from None
+        if tl.numel() == 1:
+            tl = tl.expand(B).clone()
+        if tl.numel() != B:
+            raise ValueError(f"project: target_loss must be a number or {B} numbers (one per image), "
+                             f"got {tl.numel()}")
+        if not bool(tl.isfinite().all()) or bool((tl < 0).any()):
+            raise ValueError(f"project: target_loss must be finite numbers >= 0, got {tl.tolist()}")
+        target_loss = tl
+    if fast_generator:
+        generator = make_fast_generator(generator)
 
+    settings_z_init = z_init if isinstance(z_init, str) else None
     encoder = _load_encoder(encoder, device)
     if method in _NEEDS_ENCODER and encoder is None:
         raise ValueError(f"project: method={method!r} needs encoder= (a callable or a checkpoint from "
                          "latentx.projection.train_encoder / `latentx train-encoder`)")
-    if z_init is not None:
+    if isinstance(z_init, str):
+        if z_init != "transform":
+            raise ValueError(f"project: z_init must be a tensor [B, S, z_dim] or 'transform', got {z_init!r}")
+        if method not in ("adam", "lbfgs", "hybrid") or transform is not True:
+            raise ValueError("project: z_init='transform' starts adam, lbfgs or hybrid from the transform "
+                             f"search's latents: it needs transform=True (got method={method!r}, "
+                             f"transform={transform!r})")
+    elif z_init is not None:
         if method not in ("adam", "lbfgs", "hybrid"):
             raise ValueError(f"project: z_init applies to adam, lbfgs and hybrid, not {method!r}")
         if not isinstance(z_init, Tensor) or tuple(z_init.shape) != (B, seeds, generator.z_dim):
@@ -467,7 +538,8 @@ def project(
     total_units = latent_units + (t_meta * t_grad if transform is True else 0)
     bar = Progress(total_units, progress, f"project[{method}]")
     P = Problem(generator=generator, images=images, masks=masks, perceptual=lp, beta=float(beta), seeds=seeds,
-                streams=streams, lr=lr, lr_c=lr_c, c0=c0, progress=bar, on_nonfinite=on_nonfinite)
+                streams=streams, lr=lr, lr_c=lr_c, c0=c0, progress=bar, on_nonfinite=on_nonfinite,
+                precision=precision)
     history: dict[str, Tensor] = {}
 
     # φ₀
@@ -478,19 +550,25 @@ def project(
     try:
         if transform is True:
             bar.set_description(f"project[{method}] transform")
-            phi_star, t_hist, t_mean = search_transform(P, phi0, meta_steps=t_meta, grad_steps=t_grad,
-                                                        sigma=transform_sigma, brightness=brightness,
-                                                        propagate=propagate)
+            phi_star, t_hist, t_mean, t_latents = search_transform(
+                P, phi0, meta_steps=t_meta, grad_steps=t_grad, sigma=transform_sigma, brightness=brightness,
+                propagate=propagate)
             history["transform"], history["transform_mean"] = t_hist, t_mean
+            if isinstance(z_init, str):  # "transform": carry stage 1's latents on
+                z_init = t_latents
         elif transform == "init":
             phi_star = phi0
         else:
             phi_star = identity
         bar.set_description(f"project[{method}] latent")
+        schedule = None
+        if target_loss is not None or halving:
+            schedule = SeedSchedule(problem=P, phi=phi_star, halving=halving or (), target=target_loss,
+                                    every=target_every, clock=t_start)
         z, c, lat_hist, dropped = search_latent(
             P, method, phi_star, meta_steps=meta_steps, grad_steps=grad_steps, last_grad_steps=last_grad_steps,
             adam_steps=adam_steps, lbfgs_steps=lbfgs_steps, lbfgs_lr=lbfgs_lr, cma_steps=cma_steps, tell=tell,
-            encoder=encoder, encoder_noise=encoder_noise, z_init=z_init)
+            encoder=encoder, encoder_noise=encoder_noise, z_init=z_init, schedule=schedule)
         history["latent"] = lat_hist
     finally:
         bar.close()
@@ -505,7 +583,7 @@ def project(
     losses = {k: torch.full((N,), math.nan, dtype=dtype, device=device) for k in ("l1", "l2", "lpips", "total")}
     if kept.numel():
         with torch.no_grad():
-            o = P.render(z[kept], None if c is None else c[kept])
+            o = P.render(z[kept], None if c is None else c[kept], exact=True)
             P.count(kept, "forward")
             lk, ik, _ = P.photo_loss(o, phi_star[P.rows[kept]], rows=P.rows[kept], with_images=True)
             ok = P.check(o, lk["total"], kept, None)
@@ -532,7 +610,11 @@ def project(
                     adam_steps=adam_steps, lbfgs_steps=lbfgs_steps, lbfgs_lr=lbfgs_lr, cma_steps=cma_steps,
                     seed=seed_list, truncation=generator.truncation, object_box=list(generator.object_box),
                     generator=getattr(generator, "name", "generator"), encoder=encoder is not None,
-                    encoder_noise=encoder_noise, z_init=z_init is not None, on_nonfinite=on_nonfinite,
+                    encoder_noise=encoder_noise,
+                    z_init="transform" if settings_z_init == "transform" else z_init is not None,
+                    on_nonfinite=on_nonfinite,
+                    target_loss=None if target_loss is None else target_loss.tolist(), target_every=target_every,
+                    halving=list(halving or []), fast_generator=fast_generator, precision=precision,
                     photo_size=[H, W], generator_size=[h, w])
     return ProjectionResult(
         method=method, transform=transform,
@@ -542,4 +624,6 @@ def project(
         coverage=coverage, target=images, mask=masks,
         losses=losses, best_seed=best_seed, history=history, perceptual=perceptual_desc,
         settings=settings, seconds=time.perf_counter() - t_start, evaluations=evaluations,
-        dropped=dropped)
+        dropped=dropped,
+        reached=None if target_loss is None else schedule.reached.clone(),
+        reached_seconds=None if target_loss is None else schedule.seconds.clone())
