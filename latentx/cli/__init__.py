@@ -13,6 +13,7 @@ import latentx
 from latentx import _threads
 from latentx.cli import edit as edit_cli, project as project_cli, refine as refine_cli
 from latentx.cli import train_encoder as train_encoder_cli
+from latentx.cli import ifcvae as ifcvae_cli
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -94,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edit_cli.add_arguments(edit)
     edit.set_defaults(func=edit_cli.run)
+
+    ifcvae = sub.add_parser(
+        "ifcvae",
+        help="train an IFcVAE-GAN and edit a binary attribute by switching y-hat (seed 004)",
+        description=ifcvae_cli.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ifcvae_cli.add_arguments(ifcvae)
 
     info = sub.add_parser("info", help="print which implementation runs and the build's facts")
     info.add_argument("--device", default="cpu", help="device to report on (default: cpu)")
