@@ -623,7 +623,7 @@ def test_budget_is_counted_per_problem_for_every_method(gen, lp, method):
     res = project(g, photo, boxes=[[8, 8, 40, 40]] * 2, method=method, seeds=3, transform_meta_steps=2,
                   transform_grad_steps=3, encoder=enc, seed=0, perceptual=lp, progress=False, **settings)
     ev = res.evaluations
-    assert set(ev) == {"transform", "latent", "score"}
+    assert set(ev) == {"transform", "latent", "score"}  # "refine" only with refine_steps
     assert (ev["transform"]["forward"] == 2 * (3 + 1)).all() and (ev["transform"]["backward"] == 2 * 3).all()
     assert (ev["score"]["forward"] == 1).all() and (ev["score"]["backward"] == 0).all()
     if fwd is None:  # L-BFGS: its own count per problem, forward and backward alike, within budget
@@ -1067,11 +1067,79 @@ def test_time_to_quality_options_check_their_arguments(gen, lp):
         project(gen, target, halving=(4, 2), **kw)
     with pytest.raises(ValueError, match="halving step must be an integer >= 1"):
         project(gen, target, halving=(0,), **kw)
-    with pytest.raises(ValueError, match="method 'lbfgs' has none"):
+    with pytest.raises(ValueError, match="method 'lbfgs' has neither"):
         project(gen, target, method="lbfgs", target_loss=0.1, **kw)
+    with pytest.raises(ValueError, match="halving acts on the final Adam run"):
+        project(gen, target, method="lbfgs", halving=(2,), refine_steps=3, **kw)
+    with pytest.raises(ValueError, match="refine_steps must be an integer >= 0"):
+        project(gen, target, refine_steps=-1, **kw)
+    with pytest.raises(ValueError, match="refine_lr_phi must be a positive number"):
+        project(gen, target, refine_steps=2, refine_lr_phi=0.0, **kw)
     with pytest.raises(ValueError, match="precision must be one of float32, bfloat16"):
         project(gen, target, precision="float16", **kw)
     with pytest.raises(ValueError, match="target_every must be an integer >= 1"):
         project(gen, target, target_loss=0.1, target_every=0, **kw)
     with pytest.raises(ValueError, match="z_init must be a tensor .* or 'transform'"):
         project(gen, target, z_init="encoder", **kw)
+
+
+def _photo_loss(res, generator, lp):
+    """The photo-frame total loss [B, S] of res.z under res.phi, computed afresh."""
+    from latentx.projection.problem import Problem
+
+    B, S = res.z.shape[:2]
+    P = Problem(generator=generator, images=res.target, masks=res.mask, perceptual=lp, beta=10.0, seeds=S)
+    with torch.no_grad():
+        out = generator(res.z.reshape(B * S, -1))
+        return P.photo_loss(out, res.phi[P.rows])["total"].reshape(B, S)
+
+
+def test_refinement_descends_the_reported_loss_in_z_and_phi(gen, lp):
+    g, counting = _counting(gen.net)
+    phi_true = torch.tensor([[0.55, 0.6, 0.15, 0.1, 0.1], [0.5, 0.5, -0.2, 0.05, -0.1]])
+    photos = torch.cat([_placed(gen, _z(1, 171), phi_true[:1]), _placed(gen, _z(1, 172), phi_true[1:])])
+    kw = dict(method="adam", transform="init", boxes=[[18, 20, 58, 58], [6, 14, 40, 48]], seeds=3, adam_steps=15,
+              seed=4, perceptual=lp, progress=False)
+    plain = project(g, photos, **kw)
+    counting.forward_rows = counting.backward_rows = 0
+    res = project(g, photos, refine_steps=25, refine_lr_phi=0.01, **kw)
+    assert (counting.forward_rows, counting.backward_rows) == _counted(res)
+    # the same search, then each image's best seed polished: lower reported loss
+    assert (res.losses["total"].amin(1) < 0.95 * plain.losses["total"].amin(1)).all()
+    # φ moved (with brightness) and the result's losses are those of its z under its φ
+    assert ((res.phi - plain.phi).abs().amax(1) > 1e-3).all()
+    torch.testing.assert_close(_photo_loss(res, gen, lp), res.losses["total"], atol=1e-5, rtol=1e-5)
+    ev = res.evaluations["refine"]
+    # one forward per seed to choose the best, then 25 steps + 1 evaluation for that seed
+    assert sorted(ev["forward"][0].tolist()) == [1, 1, 27] and sorted(ev["backward"][0].tolist()) == [0, 0, 25]
+    assert res.history["refine"].shape == (2, 26)
+    assert (res.history["refine"][:, -1] < res.history["refine"][:, 0]).all()
+    # without a transform, φ stays the identity; only z is refined
+    ident = project(g, photos, **{**kw, "transform": False}, refine_steps=5)
+    torch.testing.assert_close(ident.phi, torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0]] * 2))
+
+
+def test_refinement_with_targets_batched_equals_each_image_alone(gen, lp):
+    g64 = _g64(gen)
+    lp64 = copy.deepcopy(lp).double()
+    phi_true = torch.tensor([[0.55, 0.6, 0.15, 0.1, 0.1], [0.5, 0.5, -0.2, 0.05, -0.1]])
+    photos = torch.cat([_placed(gen, _z(1, 181), phi_true[:1]), _placed(gen, _z(1, 182), phi_true[1:])]).double()
+    boxes = [[18, 20, 58, 58], [6, 14, 40, 48]]
+    kw = dict(method="adam", transform="init", seeds=3, adam_steps=10, halving=(4,), refine_steps=20,
+              refine_lr_phi=0.01, perceptual=lp64, progress=False)
+    probe = project(g64, photos, boxes=boxes, seed=[1, 2], **kw)
+    hist = probe.history["refine"][0]
+    target = [float((hist[0] + hist[-1]) / 2), 0.0]           # image 0 reached midway, image 1 never
+    both = project(g64, photos, boxes=boxes, seed=[1, 2], target_loss=target, **kw)
+    assert both.reached.tolist() == [True, False]
+    assert both.losses["total"][0].min() <= target[0]
+    assert both.evaluations["refine"]["forward"][0].sum() < probe.evaluations["refine"]["forward"][0].sum()
+    for b, s in enumerate((1, 2)):
+        one = project(g64, photos[b:b + 1], boxes=boxes[b:b + 1], seed=s, target_loss=target[b], **kw)
+        assert one.reached.tolist() == both.reached[b:b + 1].tolist()
+        torch.testing.assert_close(both.phi[b], one.phi[0], atol=1e-9, rtol=0)
+        torch.testing.assert_close(both.z[b], one.z[0], atol=1e-8, rtol=0)
+        torch.testing.assert_close(both.losses["total"][b], one.losses["total"][0], atol=1e-9, rtol=0)
+        for stage, counts in both.evaluations.items():
+            for kind in ("forward", "backward"):
+                assert counts[kind][b].tolist() == one.evaluations[stage][kind][0].tolist(), (stage, kind)

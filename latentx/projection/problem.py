@@ -26,8 +26,9 @@ from latentx.projection.objective import (masked_losses, phi_transform, quiet_en
 
 __all__ = ["NonFiniteError", "STAGES", "Problem", "Progress", "SeedSchedule", "Targets"]
 
-STAGES = ("transform", "latent", "score")
-STAGE_NAMES = {"transform": "transform search", "latent": "latent search", "score": "scoring",
+STAGES = ("transform", "latent", "refine", "score")
+STAGE_NAMES = {"transform": "transform search", "latent": "latent search", "refine": "refinement",
+               "score": "scoring",
                "finetune": "finetune"}
 
 
@@ -530,9 +531,12 @@ class SeedSchedule:
         hit = loss.isfinite() & (loss <= self.target[b])
         if not bool(hit.any()):
             return None
-        now = time.perf_counter() - self.clock
-        bh = b[hit]
-        self.reached[bh] = True
-        self.seconds[bh.cpu()] = now
-        self.loss[bh.cpu()] = loss[hit].cpu()
+        self.mark_reached(b[hit], loss[hit])
         return rows[pick[hit]]
+
+    def mark_reached(self, images: Tensor, loss: Tensor) -> None:
+        """Images ``images`` reached their targets now, with losses ``loss``."""
+        now = time.perf_counter() - self.clock
+        self.reached[images] = True
+        self.seconds[images.cpu()] = now
+        self.loss[images.cpu()] = loss.detach().to(torch.float64).cpu()

@@ -20,6 +20,7 @@ from latentx.projection.objective import (check_lpips_size, default_lpips, masks
                                           phi_transform, transform_images)
 from latentx.projection.fast import PRECISIONS, fast_generator as make_fast_generator
 from latentx.projection.problem import NonFiniteError, Problem, Progress, SeedSchedule, Targets
+from latentx.projection.refine import refine_best_seeds
 from latentx.projection.results import ProjectionResult
 from latentx.transforms import SpatialTransform
 
@@ -311,6 +312,10 @@ def project(
     halving: Optional[Sequence[int]] = None,
     fast_generator: bool = False,
     precision: str = "float32",
+    refine_steps: int = 0,
+    refine_lr: float = 0.02,
+    refine_lr_phi: float = 0.003,
+    refine_transform: bool = True,
     on_nonfinite: str = "raise",
     perceptual: Optional[LPIPS] = None,
     seed: Union[int, Sequence[int], None] = None,
@@ -358,9 +363,9 @@ def project(
             total loss (the ``losses["total"]`` the result reports): a number, or one per
             image. Checked every ``target_every`` Adam steps of the latent stage's final Adam
             run (``adam``, ``hybrid``, ``cma+adam``'s Adam, BasinCMA's last generation) on
-            each image's best current seed; that seed then returns the point that reached the
-            target, and the image's other seeds their best so far. ``result.reached`` /
-            ``result.reached_seconds`` say which images got there and when.
+            each image's best current seed, and at every refinement step; the seed that
+            reaches it returns the point that did, the image's other seeds their best so far.
+            ``result.reached`` / ``result.reached_seconds`` say which images got there and when.
         halving: successive halving over seeds in that same Adam run: at each listed Adam
             step (e.g. ``(25, 50, 100, 200)``) each image keeps the better half (⌈n/2⌉) of its
             running seeds, by their best loss so far; the others stop and return their best
@@ -370,8 +375,14 @@ def project(
             convolutions and channels-last weights (:func:`~latentx.projection.fast.fast_generator`):
             the same images up to float rounding, a cheaper step.
         precision: ``"float32"`` (default) or ``"bfloat16"``: the generator's forward pass
-            while searching (stage 1, stage 2) under autocast; target checks and the reported
-            losses are computed in float32.
+            while searching (stage 1, stage 2) under autocast; target checks, the refinement
+            and the reported losses are computed in float32.
+        refine_steps: after the latent search, descend each image's best seed (by the
+            photo-frame loss) for this many Adam steps on the photo-frame loss itself, jointly
+            in z (lr ``refine_lr``), c (``lr_c``) and — with ``refine_transform`` and a
+            transform — φ (lr ``refine_lr_phi``; γ only with ``brightness``)
+            (:mod:`latentx.projection.refine`). ``result.phi`` is then the refined φ, and
+            every seed is scored with it. 0 (default): no refinement.
         on_nonfinite: ``"raise"`` (default): a NaN / inf in a generator output, loss or
             gradient raises :class:`~latentx.projection.NonFiniteError` naming the stage,
             image, seed and step; ``"drop"``: that seed (or CMA sample) is dropped with a
@@ -404,9 +415,15 @@ def project(
     if not isinstance(fast_generator, bool):
         raise TypeError(f"project: fast_generator must be True or False, got {fast_generator!r}")
     target_every = _check_int("target_every", target_every, 1)
-    if (target_loss is not None or halving is not None) and method not in _SCHEDULED:
-        raise ValueError(f"project: target_loss and halving act on the final Adam run of "
-                         f"{', '.join(_SCHEDULED)}; method {method!r} has none")
+    refine_steps = _check_int("refine_steps", refine_steps, 0)
+    if not isinstance(refine_transform, bool):
+        raise TypeError(f"project: refine_transform must be True or False, got {refine_transform!r}")
+    if target_loss is not None and method not in _SCHEDULED and not refine_steps:
+        raise ValueError(f"project: target_loss acts on the final Adam run of {', '.join(_SCHEDULED)} "
+                         f"and on the refinement; method {method!r} has neither (pass refine_steps=)")
+    if halving is not None and method not in _SCHEDULED:
+        raise ValueError(f"project: halving acts on the final Adam run of {', '.join(_SCHEDULED)}; "
+                         f"method {method!r} has none")
     if halving is not None:
         if isinstance(halving, (str, bytes)) or not hasattr(halving, "__iter__"):
             raise TypeError(f"project: halving must be a sequence of Adam steps, got {halving!r}")
@@ -425,7 +442,8 @@ def project(
     cma_steps = _check_int("cma_steps", cma_steps, 1)
     t_meta = _check_int("transform_meta_steps", meta_steps if transform_meta_steps is None else transform_meta_steps, 1)
     t_grad = _check_int("transform_grad_steps", grad_steps if transform_grad_steps is None else transform_grad_steps, 0)
-    for name, v in (("lr", lr), ("lr_c", lr_c), ("transform_sigma", transform_sigma), ("lbfgs_lr", lbfgs_lr)):
+    for name, v in (("lr", lr), ("lr_c", lr_c), ("transform_sigma", transform_sigma), ("lbfgs_lr", lbfgs_lr),
+                    ("refine_lr", refine_lr), ("refine_lr_phi", refine_lr_phi)):
         if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
             raise ValueError(f"project: {name} must be a positive number, got {v!r}")
     if not (isinstance(beta, (int, float)) and beta >= 0):
@@ -535,7 +553,7 @@ def project(
     latent_units = {"adam": adam_steps, "hybrid": adam_steps, "lbfgs": lbfgs_steps, "cma": cma_steps,
                     "cma+adam": cma_steps + adam_steps, "encoder": 0,
                     "basincma": (meta_steps - 1) * grad_steps + last_grad_steps}[method]
-    total_units = latent_units + (t_meta * t_grad if transform is True else 0)
+    total_units = latent_units + (t_meta * t_grad if transform is True else 0) + refine_steps
     bar = Progress(total_units, progress, f"project[{method}]")
     P = Problem(generator=generator, images=images, masks=masks, perceptual=lp, beta=float(beta), seeds=seeds,
                 streams=streams, lr=lr, lr_c=lr_c, c0=c0, progress=bar, on_nonfinite=on_nonfinite,
@@ -562,7 +580,7 @@ def project(
             phi_star = identity
         bar.set_description(f"project[{method}] latent")
         schedule = None
-        if target_loss is not None or halving:
+        if target_loss is not None or halving or refine_steps:
             schedule = SeedSchedule(problem=P, phi=phi_star, halving=halving or (), target=target_loss,
                                     every=target_every, clock=t_start)
         z, c, lat_hist, dropped = search_latent(
@@ -570,6 +588,35 @@ def project(
             adam_steps=adam_steps, lbfgs_steps=lbfgs_steps, lbfgs_lr=lbfgs_lr, cma_steps=cma_steps, tell=tell,
             encoder=encoder, encoder_noise=encoder_noise, z_init=z_init, schedule=schedule)
         history["latent"] = lat_hist
+        if refine_steps:
+            bar.set_description(f"project[{method}] refine")
+            P.stage = "refine"
+            # each image's best seed by the photo-frame loss (one forward per kept row)
+            kept = (~dropped).nonzero().flatten()
+            photo = torch.full((P.N,), math.inf, dtype=torch.float64, device=device)
+            with torch.no_grad():
+                o = P.render(z[kept], None if c is None else c[kept], exact=True)
+                P.count(kept, "forward")
+                lk = P.photo_loss(o, phi_star[P.rows[kept]], rows=P.rows[kept])["total"].to(torch.float64)
+            ok = P.check(o, lk, kept, None, step_name="refinement step")
+            dropped[kept[~ok]] = True
+            photo[kept] = torch.where(ok, lk, torch.full_like(lk, math.inf))
+            per_image = photo.reshape(B, seeds)
+            if bool((~per_image.isfinite().any(1)).any()):
+                b = int((~per_image.isfinite().any(1)).nonzero()[0])
+                raise NonFiniteError(f"project: every seed of image {b} was dropped for non-finite values before "
+                                     "the refinement; nothing to refine", stage="refinement", image=b, seed=None,
+                                     step=None, what="every seed")
+            best_rows = per_image.argmin(1) + torch.arange(B, device=device) * seeds
+            if schedule.target is not None:
+                # an image whose best seed already meets its target needs no refinement
+                met = ~schedule.reached & (per_image.min(1).values <= schedule.target)
+                if bool(met.any()):
+                    schedule.mark_reached(met.nonzero().flatten(), per_image.min(1).values[met])
+            z, c, phi_star, history["refine"] = refine_best_seeds(
+                P, z, c, phi_star, best_rows, steps=refine_steps, lr=refine_lr, lr_phi=refine_lr_phi,
+                spatial=refine_transform and transform is not False,
+                brightness=refine_transform and transform is not False and brightness, schedule=schedule)
     finally:
         bar.close()
 
@@ -601,7 +648,7 @@ def project(
     best_seed = torch.where(dropped, torch.full_like(losses["total"], math.inf), losses["total"]).argmin(1)
     coverage = phi_transform(phi_star.to(dtype)).spatial.inverse().valid_region((H, W))
     evaluations = {stage: {k: v.reshape(B, S).clone() for k, v in counts.items()}
-                   for stage, counts in P.evaluations.items()}
+                   for stage, counts in P.evaluations.items() if stage != "refine" or refine_steps}
     settings = dict(method=method, transform=transform, seeds=seeds, meta_steps=meta_steps,
                     grad_steps=grad_steps, last_grad_steps=last_grad_steps, lr=lr, lr_c=lr_c, beta=beta,
                     background=background, transform_meta_steps=t_meta if transform is True else 0,
@@ -615,6 +662,8 @@ def project(
                     on_nonfinite=on_nonfinite,
                     target_loss=None if target_loss is None else target_loss.tolist(), target_every=target_every,
                     halving=list(halving or []), fast_generator=fast_generator, precision=precision,
+                    refine_steps=refine_steps, refine_lr=refine_lr, refine_lr_phi=refine_lr_phi,
+                    refine_transform=refine_transform,
                     photo_size=[H, W], generator_size=[h, w])
     return ProjectionResult(
         method=method, transform=transform,
