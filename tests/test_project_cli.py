@@ -418,3 +418,31 @@ def test_torchrun_two_processes_killed_and_resumed_equal_one_process(tmp_path, t
             assert got[key] == want[key], (k, key)
     ref_rows = json.loads((reference / "summary.json").read_text())["rows"]
     assert [r["best"] for r in summary["rows"]] == [r["best"] for r in ref_rows]
+
+
+# --- the encoder family from the command line ------------------------------------------------
+
+
+def test_train_encoder_then_project_with_encoder_and_hybrid(tmp_path, tiny_generator):
+    """`latentx train-encoder` writes a checkpoint that `latentx project --method encoder /
+    hybrid --encoder PATH` uses; hybrid ends no worse than the encoder alone; the methods
+    refuse to run without --encoder, naming it."""
+    photo = tmp_path / "p.png"
+    write_photo(photo, 3)
+    enc = tmp_path / "enc.pt"
+    assert run_cli(["train-encoder", *tiny_generator, "--out", enc, "--steps", "3", "--batch-size", "4",
+                    "--width", "4", "--checkpoint-every", "2", "--no-progress"]) == 0
+    assert enc.is_file()
+    budget = [b for b in BUDGET if b not in ("--method", "adam")]
+    losses = {}
+    for method in ("encoder", "hybrid"):
+        out = tmp_path / method
+        assert run_cli(["project", photo, *tiny_generator, *budget, "--method", method, "--encoder", enc,
+                        "--out", out]) == 0
+        record = json.loads((out / "result.json").read_text())
+        assert record["method"] == method
+        losses[method] = record["best"]["total"]
+    assert losses["hybrid"] <= losses["encoder"] + 1e-6
+    for argv in (["--method", "hybrid"], ["--method", "encoder", "--encoder", tmp_path / "missing.pt"]):
+        assert run_cli(["project", photo, *tiny_generator, *budget, *argv, "--out", tmp_path / "bad"]) == 2
+        assert not (tmp_path / "bad").exists()

@@ -75,6 +75,7 @@ from latentx._atomic import atomic_write_json
 from latentx.cli import project_batch as batch
 from latentx.figures import matplotlib_available, plot_projection_losses
 # Image I/O lives in latentx.images; these names stay importable from here (tests, benchmarks).
+from latentx.projection import METHODS
 from latentx.images import array_to_tensor, outline_box, read_image, resize_square, to_uint8, write_png
 from latentx.transforms import SpatialTransform
 
@@ -110,10 +111,12 @@ def crop_transform(box: Sequence[float], photo_size: Sequence[int], context: flo
 def run_projection(photo: Tensor, box: Sequence[float], out: Path, *, generator=None, method: str = "basincma",
                    transform=True, device: str = "cpu", work_size: int = 128, context: float = 2.0,
                    seed: int = 0, budget: Optional[dict] = None, label: str = "image",
-                   extra: Optional[dict] = None, finetune_steps: int = 0, progress: bool = True) -> dict:
+                   extra: Optional[dict] = None, finetune_steps: int = 0, progress: bool = True,
+                   encoder=None) -> dict:
     """Project ``box`` of ``photo`` [3, H, W] in [−1, 1]; write everything to ``out``; return
     the JSON summary. ``finetune_steps`` > 0: then fine-tune a copy of the generator for at
-    most that many Adam steps (seed 003 eq. 6) and picture its output. ``result.json`` is
+    most that many Adam steps (seed 003 eq. 6) and picture its output. ``encoder``: E(x) → z
+    for the ``encoder`` / ``hybrid`` methods (a module or a train_encoder checkpoint path). ``result.json`` is
     written last, atomically: its presence means the folder is complete."""
     from latentx import models
     from latentx.poisson import poisson_blend
@@ -143,7 +146,7 @@ def run_projection(photo: Tensor, box: Sequence[float], out: Path, *, generator=
     if isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int) or finetune_steps < 0:
         raise ValueError(f"--finetune-steps must be an integer >= 0, got {finetune_steps!r}")
     res = project(generator, crop.clamp(-1, 1), boxes=[box_crop], method=method, transform=transform,
-                  seed=seed, progress=progress, **budget)
+                  seed=seed, progress=progress, encoder=encoder, **budget)
     best = res.best()
     s = int(res.best_seed[0])
     ft = None
@@ -298,6 +301,10 @@ def check_settings(args: argparse.Namespace) -> None:
         torch.device(args.device)
     except (RuntimeError, ValueError) as e:
         raise ValueError(f"--device {args.device!r} is not a device ({e})") from None
+    if args.method in ("encoder", "hybrid") and args.encoder is None:
+        raise ValueError(f"--method {args.method} needs --encoder PATH (a checkpoint from `latentx train-encoder`)")
+    if args.encoder is not None and not os.path.isfile(args.encoder):
+        raise ValueError(f"--encoder {args.encoder!r} is not a file (train one with `latentx train-encoder`)")
 
 
 def _budget(args) -> dict:
@@ -307,7 +314,7 @@ def _budget(args) -> dict:
         v = getattr(args, name, None)
         if v is not None:
             budget[name] = v
-    if args.method in ("adam", "cma+adam"):
+    if args.method in ("adam", "cma+adam", "hybrid"):
         budget["adam_steps"] = args.adam_steps if args.adam_steps is not None else (
             500 if args.paper_budget else budget["last_grad_steps"] + 100)
     if args.method in ("cma", "cma+adam") and not args.paper_budget:
@@ -319,7 +326,10 @@ def _budget(args) -> dict:
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder")
-    p.add_argument("--method", default="basincma", choices=["adam", "lbfgs", "cma", "cma+adam", "basincma"])
+    p.add_argument("--method", default="basincma", choices=METHODS,
+                   help="the latent search (default basincma); encoder / hybrid need --encoder")
+    p.add_argument("--encoder", default=None, metavar="PATH",
+                   help="an encoder checkpoint from `latentx train-encoder` (for --method encoder / hybrid)")
     p.add_argument("--no-transform", action="store_true", help="skip the transform search (identity φ)")
     p.add_argument("--generator", default="face-dcgan",
                    help="'face-dcgan' (default) or package.module:factory (with --checkpoint)")
@@ -352,6 +362,14 @@ def _generator(args):
     if args.generator in ("face-dcgan", "default"):
         return models.load("face-dcgan", device=args.device)
     return models.load(args.generator, checkpoint=args.checkpoint, device=args.device)
+
+
+def _encoder(args):
+    if args.encoder is None:
+        return None
+    from latentx.projection import load_encoder
+
+    return load_encoder(args.encoder, map_location=args.device)
 
 
 def add_project_arguments(p: argparse.ArgumentParser) -> None:
@@ -428,6 +446,7 @@ def _run_jobs(args, jobs, many: bool, out: Path, budget: dict, config: dict, wri
     skipped = len(jobs) - len(todo)
     # Before config.json is written: a bad --generator must not pin the run to its settings.
     generator = _generator(args) if todo else None
+    encoder = _encoder(args) if todo else None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         if write_config:
@@ -453,7 +472,7 @@ def _run_jobs(args, jobs, many: bool, out: Path, budget: dict, config: dict, wri
                     transform=not args.no_transform, device=args.device, work_size=args.work_size,
                     context=args.context, seed=args.seed, budget=budget, label=str(job.image),
                     finetune_steps=args.finetune_steps, progress=not (many or args.no_progress),
-                    extra={"source": job.source})
+                    extra={"source": job.source}, encoder=encoder)
             except Exception as err:  # noqa: BLE001 - one bad photo must not end a run over thousands
                 if not many:
                     raise
@@ -511,6 +530,7 @@ def run_demo(args: argparse.Namespace) -> int:
                             transform=not args.no_transform, device=args.device, work_size=args.work_size,
                             context=args.context, seed=args.seed, budget=budget,
                             label="skimage.data.astronaut()", finetune_steps=args.finetune_steps,
-                            extra={"face_box_note": "ASTRONAUT_FACE_BOX in latentx/cli/project.py"})
+                            extra={"face_box_note": "ASTRONAUT_FACE_BOX in latentx/cli/project.py"},
+                            encoder=_encoder(args))
     _print_record(record, out)
     return 0

@@ -200,17 +200,23 @@ def is_done(job: Job, record: Optional[dict]) -> bool:
 
 def run_config(args, budget: dict) -> dict:
     """The settings that decide a result; a run resumed in the same ``--out`` must match."""
-    checkpoint = getattr(args, "checkpoint", None)
-    digest = None
-    if checkpoint is not None and os.path.isfile(checkpoint):
-        h = hashlib.sha256()
-        with open(checkpoint, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        digest = h.hexdigest()
-    return {"generator": args.generator, "checkpoint_sha256": digest, "method": args.method,
-            "transform": not args.no_transform, "seed": args.seed, "budget": budget,
-            "work_size": args.work_size, "context": args.context, "finetune_steps": args.finetune_steps}
+    config = {"generator": args.generator, "checkpoint_sha256": _sha256(getattr(args, "checkpoint", None)),
+              "method": args.method, "transform": not args.no_transform, "seed": args.seed, "budget": budget,
+              "work_size": args.work_size, "context": args.context, "finetune_steps": args.finetune_steps}
+    if getattr(args, "encoder", None) is not None:  # absent otherwise: older config.json files still match
+        config["encoder_sha256"] = _sha256(args.encoder)
+    return config
+
+
+def _sha256(path) -> Optional[str]:
+    """The file's SHA-256 (hex), or None for no path or a missing file."""
+    if path is None or not os.path.isfile(path):
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def check_config(out: Path, config: dict, overwrite: bool) -> bool:
