@@ -1112,8 +1112,14 @@ def test_refinement_descends_the_reported_loss_in_z_and_phi(gen, lp):
     ev = res.evaluations["refine"]
     # one forward per seed to choose the best, then 25 steps + 1 evaluation for that seed
     assert sorted(ev["forward"][0].tolist()) == [1, 1, 27] and sorted(ev["backward"][0].tolist()) == [0, 0, 25]
-    assert res.history["refine"].shape == (2, 26)
-    assert (res.history["refine"][:, -1] < res.history["refine"][:, 0]).all()
+    assert res.history["refine"].shape == (2, 1, 26)
+    assert (res.history["refine"][:, 0, -1] < res.history["refine"][:, 0, 0]).all()
+    # two seeds per image refined, each with its own φ: the image keeps the better one's
+    two = project(g, photos, refine_steps=25, refine_lr_phi=0.01, refine_seeds=2, **kw)
+    assert sorted(two.evaluations["refine"]["forward"][0].tolist()) == [1, 27, 27]
+    assert (two.losses["total"].amin(1) <= res.losses["total"].amin(1) * (1 + 1e-4)).all()  # float32 batches
+    assert two.history["refine"].shape == (2, 2, 26)
+    torch.testing.assert_close(_photo_loss(two, gen, lp), two.losses["total"], atol=1e-5, rtol=1e-5)
     # without a transform, φ stays the identity; only z is refined
     ident = project(g, photos, **{**kw, "transform": False}, refine_steps=5)
     torch.testing.assert_close(ident.phi, torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0]] * 2))
@@ -1126,9 +1132,9 @@ def test_refinement_with_targets_batched_equals_each_image_alone(gen, lp):
     photos = torch.cat([_placed(gen, _z(1, 181), phi_true[:1]), _placed(gen, _z(1, 182), phi_true[1:])]).double()
     boxes = [[18, 20, 58, 58], [6, 14, 40, 48]]
     kw = dict(method="adam", transform="init", seeds=3, adam_steps=10, halving=(4,), refine_steps=20,
-              refine_lr_phi=0.01, perceptual=lp64, progress=False)
+              refine_seeds=2, refine_lr_phi=0.01, perceptual=lp64, progress=False)
     probe = project(g64, photos, boxes=boxes, seed=[1, 2], **kw)
-    hist = probe.history["refine"][0]
+    hist = probe.history["refine"][0, 0]
     target = [float((hist[0] + hist[-1]) / 2), 0.0]           # image 0 reached midway, image 1 never
     both = project(g64, photos, boxes=boxes, seed=[1, 2], target_loss=target, **kw)
     assert both.reached.tolist() == [True, False]

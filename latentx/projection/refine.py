@@ -41,31 +41,33 @@ def _clamp_phi_(phi: Tensor, phi_start: Tensor) -> None:
 
 def refine_best_seeds(P: Problem, z: Tensor, c: Optional[Tensor], phi: Tensor, rows: Tensor, *, steps: int,
                       lr: float, lr_phi: float, spatial: bool, brightness: bool,
-                      schedule: Optional[SeedSchedule] = None) -> tuple[Tensor, Optional[Tensor], Tensor, Tensor]:
-    """Adam on the photo-frame loss of rows ``rows`` [B] (one per image, image b's row
-    ``rows[b]``), jointly in z (lr ``lr``), c (the problem's lr_c) and φ (lr ``lr_phi``; its
-    spatial part when ``spatial``, γ when ``brightness``), for ``steps`` steps; the best
-    evaluated point per image is kept.
+                      schedule: Optional[SeedSchedule] = None
+                      ) -> tuple[Tensor, Optional[Tensor], Tensor, Tensor, Tensor]:
+    """Adam on the photo-frame loss of the rows ``rows`` [M] (global row indices; row r belongs
+    to image ``P.rows[r]``), jointly in z (lr ``lr``), c (the problem's lr_c) and a copy of its
+    image's φ per row (lr ``lr_phi``; the spatial part when ``spatial``, γ when
+    ``brightness``), for ``steps`` steps; the best evaluated point per row is kept.
 
-    z [N, d], c [N, c_dim] or None: every row's latents (only ``rows`` change); φ [B, 5].
-    With ``schedule.target``, each step's loss is checked against each image's target (it is
-    the reported loss: no extra evaluation); an image at or below it stops before its next
-    forward, returning the point that reached it.
+    z [N, d], c [N, c_dim] or None: every row's latents (only ``rows`` change); φ [B, 5] per
+    image. With ``schedule.target``, each step's loss is checked against the row's image's
+    target (it is the reported loss: no extra evaluation); an image one of whose rows reaches
+    it stops before its next forward, that row returning the point that reached it.
 
-    Returns (z [N, d], c or None, φ [B, 5], history [B, steps + 1]: the photo-frame loss at
-    each evaluation, NaN after an image stopped). Counts, per refined row, one forward per
+    Returns (z [N, d], c or None, φ [M, 5] each row's best φ, f [M] float64 each row's best
+    loss (inf if none was finite), history [M, steps + 1]: the photo-frame loss at each
+    evaluation, NaN where the row did not run). Counts, per refined row, one forward per
     evaluation (steps + 1 at most) and one backward per step, in stage ``"refine"``.
     """
     P.stage = "refine"
-    B = P.B
-    images = torch.arange(B, device=P.device)
+    M = rows.numel()
+    images = P.rows[rows]                                               # [M] image of each row
     zr = z[rows].detach().clone().requires_grad_(True)
     groups = [{"params": [zr], "lr": lr}]
     cr = None
     if c is not None:
         cr = c[rows].detach().clone().requires_grad_(True)
         groups.append({"params": [cr], "lr": P.lr_c})
-    phi_start = phi.detach().to(P.dtype)
+    phi_start = phi[images].detach().to(P.dtype)
     phir = phi_start.clone().requires_grad_(True)
     groups.append({"params": [phir], "lr": lr_phi})
     move = torch.zeros(5, dtype=P.dtype, device=P.device)
@@ -74,14 +76,14 @@ def refine_best_seeds(P: Problem, z: Tensor, c: Optional[Tensor], phi: Tensor, r
     if brightness:
         move[4] = 1
     opt = torch.optim.Adam(groups)
-    best_f = torch.full((B,), math.inf, dtype=torch.float64, device=P.device)
+    best_f = torch.full((M,), math.inf, dtype=torch.float64, device=P.device)
     best_z, best_phi = zr.detach().clone(), phi_start.clone()
     best_c = None if cr is None else cr.detach().clone()
     # images that already reached their target in the latent search are done
-    running = torch.ones(B, dtype=torch.bool, device=P.device)
+    running = torch.ones(M, dtype=torch.bool, device=P.device)
     if schedule is not None:
-        running &= ~schedule.reached
-    hist = torch.full((B, steps + 1), math.nan, dtype=torch.float64)
+        running &= ~schedule.reached[images]
+    hist = torch.full((M, steps + 1), math.nan, dtype=torch.float64)
     pending: Optional[Tensor] = None   # images that reached their target at the last evaluation
 
     for step in range(steps + 1):
@@ -89,12 +91,12 @@ def refine_best_seeds(P: Problem, z: Tensor, c: Optional[Tensor], phi: Tensor, r
         if pending is not None:
             # stop before this step's forward (see Problem.adam: what an image spends must not
             # depend on the other images in the batch)
-            running &= ~pending
+            running &= ~pending[images]
             pending = None
         idx = running.nonzero().flatten()
         if idx.numel() == 0:
             break
-        every = idx.numel() == B
+        every = idx.numel() == M
         opt.zero_grad(set_to_none=True)
         with torch.set_grad_enabled(not last):
             zz = zr if every else zr[idx]
@@ -109,6 +111,22 @@ def refine_best_seeds(P: Problem, z: Tensor, c: Optional[Tensor], phi: Tensor, r
             fd = torch.where(ok, f.detach(), torch.full_like(f.detach(), math.nan)).to(torch.float64)
             hist[idx.cpu(), step] = fd.cpu()
             better = ok & (fd < best_f[idx])
+            if schedule is not None and schedule.target is not None:
+                img = images[idx]
+                hit = ok & ~schedule.reached[img] & (fd <= schedule.target[img])
+                if bool(hit.any()):
+                    # per image, its best row among those that reached the target now
+                    order = torch.argsort(fd.masked_fill(~hit, math.inf), stable=True)
+                    order = order[torch.argsort(img[order], stable=True)]
+                    first = torch.ones_like(order, dtype=torch.bool)
+                    first[1:] = img[order][1:] != img[order][:-1]
+                    win = order[first & hit[order]]
+                    schedule.mark_reached(img[win], fd[win])
+                    pending = torch.zeros(P.B, dtype=torch.bool, device=P.device)
+                    pending[img[win]] = True
+                    # the point that reached the target is the one returned (it is at least
+                    # as good as that row's best so far, which was above the target)
+                    better = better | hit
             bi = idx[better]
             best_f[bi] = fd[better]
             best_z[bi] = zz.detach()[better]
@@ -116,25 +134,10 @@ def refine_best_seeds(P: Problem, z: Tensor, c: Optional[Tensor], phi: Tensor, r
             if cr is not None:
                 best_c[bi] = cc.detach()[better]
             running[idx[~ok]] = False
-            if schedule is not None and schedule.target is not None:
-                hit = ok & ~schedule.reached[idx] & (fd <= schedule.target[idx])
-                if bool(hit.any()):
-                    # the point that reached the target is the one returned (it is at least
-                    # as good as the best so far, which was above the target)
-                    hi = idx[hit]
-                    best_f[hi] = fd[hit]
-                    best_z[hi] = zz.detach()[hit]
-                    best_phi[hi] = pp.detach()[hit]
-                    if cr is not None:
-                        best_c[hi] = cc.detach()[hit]
-                    schedule.mark_reached(hi, fd[hit])
-                    pending = torch.zeros_like(running)
-                    pending[hi] = True
         if last:
             break
-        train = ok
-        if bool(train.any()):
-            torch.where(train, f, torch.zeros_like(f)).sum().backward()
+        if bool(ok.any()):
+            torch.where(ok, f, torch.zeros_like(f)).sum().backward()
             P.count(grows[ok], "backward")
         with torch.no_grad():
             if zr.grad is None:
@@ -142,7 +145,7 @@ def refine_best_seeds(P: Problem, z: Tensor, c: Optional[Tensor], phi: Tensor, r
             gbad = ~zr.grad[idx].isfinite().all(1) | ~phir.grad[idx].isfinite().all(1)
             if cr is not None:
                 gbad |= ~cr.grad[idx].isfinite().all(1)
-            gbad &= train
+            gbad &= ok
             if bool(gbad.any()):
                 P.nonfinite(grows[gbad], "gradient", step, step_name="refinement step")
                 running[idx[gbad]] = False
@@ -161,7 +164,4 @@ def refine_best_seeds(P: Problem, z: Tensor, c: Optional[Tensor], phi: Tensor, r
     if c is not None:
         c = c.detach().clone()
         c[rows] = best_c.to(c.dtype)
-    phi_out = phi.detach().clone()
-    found = best_f.isfinite()
-    phi_out[found] = best_phi[found].to(phi_out.dtype)
-    return z, c, phi_out, hist
+    return z, c, best_phi.to(phi.dtype), best_f, hist

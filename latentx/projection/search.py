@@ -313,6 +313,7 @@ def project(
     fast_generator: bool = False,
     precision: str = "float32",
     refine_steps: int = 0,
+    refine_seeds: int = 1,
     refine_lr: float = 0.02,
     refine_lr_phi: float = 0.003,
     refine_transform: bool = True,
@@ -377,12 +378,13 @@ def project(
         precision: ``"float32"`` (default) or ``"bfloat16"``: the generator's forward pass
             while searching (stage 1, stage 2) under autocast; target checks, the refinement
             and the reported losses are computed in float32.
-        refine_steps: after the latent search, descend each image's best seed (by the
-            photo-frame loss) for this many Adam steps on the photo-frame loss itself, jointly
-            in z (lr ``refine_lr``), c (``lr_c``) and — with ``refine_transform`` and a
-            transform — φ (lr ``refine_lr_phi``; γ only with ``brightness``)
-            (:mod:`latentx.projection.refine`). ``result.phi`` is then the refined φ, and
-            every seed is scored with it. 0 (default): no refinement.
+        refine_steps: after the latent search, descend each image's ``refine_seeds`` best
+            seeds (by the photo-frame loss) for this many Adam steps on the photo-frame loss
+            itself, jointly in z (lr ``refine_lr``), c (``lr_c``) and — with
+            ``refine_transform`` and a transform — φ (lr ``refine_lr_phi``; γ only with
+            ``brightness``), each seed with its own copy of the image's φ
+            (:mod:`latentx.projection.refine`). ``result.phi`` is then the φ of the image's
+            best refined seed, and every seed is scored with it. 0 (default): no refinement.
         on_nonfinite: ``"raise"`` (default): a NaN / inf in a generator output, loss or
             gradient raises :class:`~latentx.projection.NonFiniteError` naming the stage,
             image, seed and step; ``"drop"``: that seed (or CMA sample) is dropped with a
@@ -416,6 +418,7 @@ def project(
         raise TypeError(f"project: fast_generator must be True or False, got {fast_generator!r}")
     target_every = _check_int("target_every", target_every, 1)
     refine_steps = _check_int("refine_steps", refine_steps, 0)
+    refine_seeds = _check_int("refine_seeds", refine_seeds, 1)
     if not isinstance(refine_transform, bool):
         raise TypeError(f"project: refine_transform must be True or False, got {refine_transform!r}")
     if target_loss is not None and method not in _SCHEDULED and not refine_steps:
@@ -607,16 +610,31 @@ def project(
                 raise NonFiniteError(f"project: every seed of image {b} was dropped for non-finite values before "
                                      "the refinement; nothing to refine", stage="refinement", image=b, seed=None,
                                      step=None, what="every seed")
-            best_rows = per_image.argmin(1) + torch.arange(B, device=device) * seeds
+            k = min(refine_seeds, seeds)
+            order = per_image.argsort(dim=1, stable=True)[:, :k]              # [B, k] best seeds first
+            usable = per_image.gather(1, order).isfinite()
+            best_rows = (order + torch.arange(B, device=device)[:, None] * seeds)[usable]
             if schedule.target is not None:
                 # an image whose best seed already meets its target needs no refinement
                 met = ~schedule.reached & (per_image.min(1).values <= schedule.target)
                 if bool(met.any()):
                     schedule.mark_reached(met.nonzero().flatten(), per_image.min(1).values[met])
-            z, c, phi_star, history["refine"] = refine_best_seeds(
+            z, c, phi_rows, f_rows, r_hist = refine_best_seeds(
                 P, z, c, phi_star, best_rows, steps=refine_steps, lr=refine_lr, lr_phi=refine_lr_phi,
                 spatial=refine_transform and transform is not False,
                 brightness=refine_transform and transform is not False and brightness, schedule=schedule)
+            # each image keeps the φ of its best refined seed; history [B, k, steps + 1]
+            img = P.rows[best_rows]
+            history["refine"] = torch.full((B, k, refine_steps + 1), math.nan, dtype=torch.float64)
+            phi_star = phi_star.clone()
+            for b in range(B):
+                mine = (img == b).nonzero().flatten()
+                if mine.numel() == 0:
+                    continue
+                history["refine"][b, :mine.numel()] = r_hist[mine.cpu()]
+                j = mine[f_rows[mine].argmin()]
+                if bool(f_rows[j].isfinite()):
+                    phi_star[b] = phi_rows[j].to(phi_star.dtype)
     finally:
         bar.close()
 
@@ -662,7 +680,8 @@ def project(
                     on_nonfinite=on_nonfinite,
                     target_loss=None if target_loss is None else target_loss.tolist(), target_every=target_every,
                     halving=list(halving or []), fast_generator=fast_generator, precision=precision,
-                    refine_steps=refine_steps, refine_lr=refine_lr, refine_lr_phi=refine_lr_phi,
+                    refine_steps=refine_steps, refine_seeds=refine_seeds, refine_lr=refine_lr,
+                    refine_lr_phi=refine_lr_phi,
                     refine_transform=refine_transform,
                     photo_size=[H, W], generator_size=[h, w])
     return ProjectionResult(
