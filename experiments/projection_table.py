@@ -16,24 +16,34 @@ Targets, all 128 × 128 photo frames with an object box (the mask is 1 inside, 0
 Rows (seed 003 Table 1): Adam, L-BFGS, CMA, CMA+Adam, BasinCMA, Adam+Transform,
 BasinCMA+Transform, all through ``latentx.projection.project`` (the transform rows search φ
 first, stage 1; the others use the identity: the whole frame resized to the generator's),
-and one ablation, Adam with φ₀ (the box-based start of the search) and no search.
+and one ablation, Adam with φ₀ (the box-based start of the search) and no search. Seed 002's
+learning-based family: Encoder (z = E(T_φ(y)), no optimisation) and Hybrid (Adam from
+z ~ N(E(T_φ(y)), 0.5·I), seed 0 at E's guess), with the identity, with φ₀, and Hybrid after
+the transform search. The encoder is trained here with ``latentx.projection.train_encoder``
+on the face DCGAN's samples (``--encoder-*``; checkpoint ``checkpoints/face_encoder.pt``,
+resumed when present, so a rerun does not train again).
 Columns: masked L1 / L2 / LPIPS in the photo frame (the seed's fair comparison: projections
 inverted to the photo, loss inside the mask), mean over seeds and best over seeds (each
-metric's minimum over the seeds), averaged over the targets; wall time and process CPU time
-per target (the CPU time is the comparable one when the machine is shared).
+metric's minimum over the seeds), averaged over the targets; the budget actually spent, in
+generator forward and backward passes per (image, seed) problem over all stages
+(``ProjectionResult.evaluations``: stage 1, stage 2 and the one scoring forward); wall time
+and process CPU time per target (the CPU time is the comparable one when the machine is
+shared).
 
-Budgets. ``--budget reduced`` (the recorded run: 32 synthetic + 8 real targets, 8 seeds,
-~30 min on 2 cores) gives every method the same latent-stage budget of 150 generator
-evaluations per seed — Adam 150 steps, L-BFGS 150
-iterations, CMA 150 generations (forward passes only), CMA+Adam 50 generations + 100 steps,
-BasinCMA 5 generations × 20 steps with the last 70 — and the transform rows 6 × 15 more for
-stage 1. ``--budget paper`` is the seed's Appendix A: Adam and L-BFGS 500, CMA 300,
-CMA+Adam 100 + 500, BasinCMA 30 × 30 with the last 300, the transform 30 × 30, 18 seeds.
+Budgets. ``--budget reduced`` (32 synthetic + 8 real targets, 8 seeds) gives every method
+the same latent-stage budget of 150 generator evaluations per seed — Adam and Hybrid 150
+steps, L-BFGS 150 forward+backward evaluations (its line searches included), CMA 150
+generations (forward passes only), CMA+Adam 50 generations + 100 steps, BasinCMA 5
+generations × 20 steps with the last 70; Encoder none — and the transform rows 6 × 15 more
+for stage 1. ``--budget paper`` is the seed's Appendix A: Adam, Hybrid and L-BFGS 500, CMA
+300, CMA+Adam 100 + 500, BasinCMA 30 × 30 with the last 300, the transform 30 × 30, 18
+seeds.
 
 Progress is saved after every (group, row) to ``<out>/projection_table_partial.json``; a
 rerun with the same settings resumes from it.
 
-    python experiments/projection_table.py                            # the recorded run
+    python experiments/projection_table.py                            # reduced budget
+    python experiments/projection_table.py --synthetic 16             # the recorded run
     python experiments/projection_table.py --budget paper --seeds 18  # seed 003's budget
 """
 
@@ -51,7 +61,7 @@ import torch.nn.functional as F
 from latentx import models
 from latentx._atomic import atomic_write_json
 from latentx.cli.project import ASTRONAUT_FACE_BOX
-from latentx.projection import default_lpips, invert_images, project
+from latentx.projection import default_lpips, invert_images, project, train_encoder
 from latentx.transforms import SpatialTransform
 
 HERE = Path(__file__).resolve().parent
@@ -65,15 +75,25 @@ ROWS = (  # (row name, method, transform search)
     ("Adam+Transform", "adam", True),
     ("BasinCMA+Transform", "basincma", True),
     ("Adam+φ₀ (ablation)", "adam", "init"),  # φ₀ from the box, no search: what stage 1 adds
+    ("Encoder", "encoder", False),           # seed 002: E alone
+    ("Hybrid", "hybrid", False),             # seed 002: E's guess, then Adam
+    ("Encoder+φ₀", "encoder", "init"),
+    ("Hybrid+φ₀", "hybrid", "init"),
+    ("Hybrid+Transform", "hybrid", True),
 )
+# the encoder of the Encoder / Hybrid rows (trained by this script when absent; --encoder-*)
+ENCODER = HERE / "checkpoints" / "face_encoder.pt"
+ENCODER_SETTINGS = dict(steps=500, batch_size=64, lr=1e-3, width=16, seed=0)
 BUDGETS = {
     # every method: 150 generator evaluations per seed in the latent stage
-    "reduced": dict(adam=dict(adam_steps=150), lbfgs=dict(lbfgs_steps=150), cma=dict(cma_steps=150),
+    "reduced": dict(adam=dict(adam_steps=150), hybrid=dict(adam_steps=150), encoder=dict(),
+                    lbfgs=dict(lbfgs_steps=150), cma=dict(cma_steps=150),
                     **{"cma+adam": dict(cma_steps=50, adam_steps=100)},
                     basincma=dict(meta_steps=5, grad_steps=20, last_grad_steps=70),
                     transform=dict(transform_meta_steps=6, transform_grad_steps=15)),
     # seed 003 Appendix A
-    "paper": dict(adam=dict(adam_steps=500), lbfgs=dict(lbfgs_steps=500), cma=dict(cma_steps=300),
+    "paper": dict(adam=dict(adam_steps=500), hybrid=dict(adam_steps=500), encoder=dict(),
+                  lbfgs=dict(lbfgs_steps=500), cma=dict(cma_steps=300),
                   **{"cma+adam": dict(cma_steps=100, adam_steps=500)},
                   basincma=dict(meta_steps=30, grad_steps=30, last_grad_steps=300),
                   transform=dict(transform_meta_steps=30, transform_grad_steps=30)),
@@ -183,6 +203,10 @@ def transform_error(phi: torch.Tensor, phi_true: torch.Tensor) -> dict:
 def summarise(res, seconds: float, cpu_seconds: float, phi_true=None) -> dict:
     n = res.z.shape[0]
     row = {"seconds per target": seconds / n, "CPU seconds per target": cpu_seconds / n}
+    # the budget spent: generator passes per (image, seed) problem, all stages, mean over targets
+    per_problem = res.evaluations_per_problem()
+    for kind in ("forward", "backward"):
+        row[f"G {kind} / seed"] = float(sum(stage[kind] for stage in per_problem.values()).mean())
     for k in ("l1", "l2", "lpips"):
         v = res.losses[k].double()
         row[f"mean {k}"] = float(v.mean(1).mean())
@@ -204,13 +228,33 @@ def settings_for(budget: str, method: str, transform, seeds: int) -> dict:
     return kw
 
 
+def encoder_for(G, args) -> dict:
+    """Train (or resume, or just load) the Encoder / Hybrid rows' encoder; its settings and
+    training record."""
+    settings = dict(steps=args.encoder_steps, batch_size=args.encoder_batch, lr=args.encoder_lr,
+                    width=args.encoder_width, seed=0)
+    args.encoder.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    trained = train_encoder(G, checkpoint=args.encoder, checkpoint_every=50, progress=not args.quiet, **settings)
+    hist = trained.history
+    return {"path": str(args.encoder.relative_to(HERE) if args.encoder.is_relative_to(HERE) else args.encoder),
+            "settings": settings, "resumed_from": trained.resumed_from,
+            "seconds this run": time.perf_counter() - t0,
+            "loss first 50 steps": float(hist[:50].mean()), "loss last 50 steps": float(hist[-50:].mean()),
+            "weights": sum(p.numel() for p in trained.encoder.parameters()), "encoder": trained.encoder}
+
+
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     G = models.load("face-dcgan")
     lp, perceptual = default_lpips("alex")
+    enc = encoder_for(G, args)
+    encoder = enc.pop("encoder")
+    print(f"encoder: {enc}")
     groups = {"synthetic": synthetic_targets(G, args.synthetic, args.seed), "real": real_targets(args.seed)}
     config = {"budget": args.budget, "seeds": args.seeds, "synthetic": args.synthetic, "seed": args.seed,
-              "threads": args.threads, "perceptual": perceptual}
+              "threads": args.threads, "perceptual": perceptual,
+              "encoder": {k: enc[k] for k in ("path", "settings", "weights")}}
     partial_path = args.out / "projection_table_partial.json"
     done = {}
     if partial_path.exists():
@@ -225,38 +269,51 @@ def run(args) -> dict:
                 continue
             kw = settings_for(args.budget, method, transform, args.seeds)
             t0, c0 = time.perf_counter(), time.process_time()
+            extra = {"encoder": encoder} if method in ("encoder", "hybrid") else {}
             res = project(G, tg["images"], boxes=tg["boxes"], method=method, transform=transform,
-                          seed=args.seed, perceptual=lp, progress=not args.quiet, **kw)
+                          seed=args.seed, perceptual=lp, progress=not args.quiet, **kw, **extra)
             row = summarise(res, time.perf_counter() - t0, time.process_time() - c0, tg.get("phi_true"))
             row["settings"] = kw
             row["per target best total"] = res.losses["total"].min(1).values.tolist()
             done[key] = row
             print(f"{key}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
             atomic_write_json(partial_path, {"config": config, "rows": done})
-    return {"config": config, "rows": done, "targets": {g: tg["names"] for g, tg in groups.items()}}
+    return {"config": config, "rows": done, "targets": {g: tg["names"] for g, tg in groups.items()},
+            "encoder training": enc}
 
 
 def markdown(result: dict) -> str:
     cfg = result["config"]
+    enc = cfg["encoder"]
     lines = [f"Budget `{cfg['budget']}`, {cfg['seeds']} seeds, {cfg['synthetic']} synthetic + 8 real targets "
-             f"(128 × 128), seed {cfg['seed']}, {cfg['threads']} threads; perceptual metric: {cfg['perceptual']}.", ""]
+             f"(128 × 128), seed {cfg['seed']}, {cfg['threads']} threads; perceptual metric: {cfg['perceptual']}.",
+             "",
+             f"Encoder (`{enc['path']}`, {enc['weights']:,} weights): `train_encoder` with "
+             + ", ".join(f"{k}={v}" for k, v in enc["settings"].items()) + ".",
+             "",
+             "G fwd / bwd: generator forward and backward passes per (image, seed) problem, all stages "
+             "(the budget actually spent).", ""]
     for group in ("synthetic", "real"):
-        cols = ["mean l1", "mean l2", "mean lpips", "best l1", "best l2", "best lpips", "seconds per target",
-                "CPU seconds per target"]
+        cols = ["mean l1", "mean l2", "mean lpips", "best l1", "best l2", "best lpips", "G forward / seed",
+                "G backward / seed", "seconds per target", "CPU seconds per target"]
         if group == "synthetic":
             cols += ["corner px", "|dγ|"]
-        header = [c.replace("|dγ|", "mean abs dγ") for c in cols]  # a bare | would split the cell
+        header = [c.replace("|dγ|", "mean abs dγ").replace("G forward", "G fwd").replace("G backward", "G bwd")
+                  for c in cols]  # a bare | would split the cell
         lines += [f"### ({'a' if group == 'synthetic' else 'b'}) {group} targets", "",
                   "| method | " + " | ".join(header) + " |", "|---|" + "---|" * len(cols)]
         rows = {k.split(" | ", 1)[1]: v for k, v in result["rows"].items() if k.startswith(group + " |")}
-        best = {c: min(r[c] for r in rows.values()) for c in cols if "seconds" not in c}
+        best = {c: min(r[c] for r in rows.values()) for c in cols if "seconds" not in c and "/ seed" not in c}
         for name, _, _ in ROWS:
             if name not in rows:
                 continue
             r = rows[name]
             cells = []
             for c in cols:
-                v = f"{r[c]:.1f}" if "seconds" in c or c == "corner px" else f"{r[c]:.4f}"
+                if "/ seed" in c:
+                    v = f"{r[c]:.0f}"
+                else:
+                    v = f"{r[c]:.1f}" if "seconds" in c or c == "corner px" else f"{r[c]:.4f}"
                 cells.append(f"**{v}**" if c in best and r[c] == best[c] else v)
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -275,6 +332,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=int(os.environ.get("LATENTX_THREADS", torch.get_num_threads())))
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--encoder", type=Path, default=ENCODER,
+                   help="the Encoder / Hybrid rows' encoder checkpoint: trained to --encoder-steps here "
+                        "(resumed when the file holds fewer steps with the same settings)")
+    p.add_argument("--encoder-steps", type=int, default=ENCODER_SETTINGS["steps"])
+    p.add_argument("--encoder-batch", type=int, default=ENCODER_SETTINGS["batch_size"])
+    p.add_argument("--encoder-lr", type=float, default=ENCODER_SETTINGS["lr"])
+    p.add_argument("--encoder-width", type=int, default=ENCODER_SETTINGS["width"])
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
