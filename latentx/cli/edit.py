@@ -44,6 +44,7 @@ from torch import Tensor
 
 from latentx import _threads
 from latentx._atomic import atomic_write_json
+from latentx.cli._run_config import check_run_config
 from latentx.images import to_uint8, write_png
 
 METHODS = ("cg", "sgf", "interfacegan", "ganspace")
@@ -146,19 +147,6 @@ def _config(args: argparse.Namespace, targets: dict[str, float], latents_digest:
     return config
 
 
-def _check_config(out: Path, config: dict) -> None:
-    """Write config.json, or check a resumed run was asked for the same thing."""
-    path = out / "config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-        if changed:
-            raise ValueError(f"--out {out} holds a run with other settings ({', '.join(changed)}): "
-                             "use a new folder, or delete that one")
-    else:
-        atomic_write_json(path, config)
-
-
 def write_grid(path: Path, images: Tensor, *, max_columns: int = 9) -> list[int]:
     """Write images [T+1, N, 3, H, W] (a trajectory) as one PNG: a row per source, columns
     evenly spaced along the trajectory (the first and the last always). Returns the columns'
@@ -213,7 +201,9 @@ def run(args: argparse.Namespace) -> int:
             digest = hashlib.sha256(z0.numpy().tobytes()).hexdigest()
         else:
             z0 = torch.randn(args.num, G.z_dim, generator=torch.Generator().manual_seed(args.seed))
-        _check_config(out, _config(args, targets, digest))
+        config = _config(args, targets, digest)
+        if check_run_config(out / "config.json", config):
+            atomic_write_json(out / "config.json", config)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"latentx edit: {err}") from None
     z0 = z0.to(device)

@@ -73,6 +73,7 @@ from tqdm.auto import tqdm
 from latentx import _threads
 from latentx._atomic import atomic_write_json
 from latentx.cli import project_batch as batch
+from latentx.cli._run_config import check_run_config
 from latentx.figures import matplotlib_available, plot_projection_losses
 # Image I/O lives in latentx.images; these names stay importable from here (tests, benchmarks).
 from latentx.projection import METHODS
@@ -418,7 +419,7 @@ def _run_project(args: argparse.Namespace) -> int:
     jobs = batch.make_jobs(images, many, out, args.box, args.boxes)
     budget = _budget(args)
     config = batch.run_config(args, budget)
-    write_config = many and batch.check_config(out, config, args.overwrite)
+    write_config = many and check_run_config(out / batch.CONFIG, config, overwrite=args.overwrite)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

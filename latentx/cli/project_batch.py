@@ -219,21 +219,6 @@ def _sha256(path) -> Optional[str]:
     return h.hexdigest()
 
 
-def check_config(out: Path, config: dict, overwrite: bool) -> bool:
-    """Compare ``config`` with ``out``/config.json. Returns whether it must be written (absent,
-    or ``overwrite``); raises ValueError naming the settings that differ otherwise."""
-    path = out / CONFIG
-    if overwrite or not path.is_file():
-        return True
-    held = json.loads(path.read_text())
-    config = json.loads(json.dumps(config))  # tuples → lists, as the file holds them
-    if held != config:
-        diff = sorted(k for k in set(held) | set(config) if held.get(k) != config.get(k))
-        raise ValueError(f"--out {out} holds a run with other settings ({', '.join(diff)} differ): use another "
-                         "--out, the same settings to resume, or --overwrite to redo every image")
-    return False
-
-
 # --- the summary -------------------------------------------------------------------------
 
 def summary_rows(jobs: Sequence[Job], out: Path) -> list[dict]:

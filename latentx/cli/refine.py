@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from latentx import _threads, advlat, losses
 from latentx._atomic import atomic_torch_save, atomic_write_json
+from latentx.cli._run_config import check_run_config
 
 SHARD_DIR = "shards"
 
@@ -202,12 +203,11 @@ def _shard_path(out: Path, k: int) -> Path:
     return out / SHARD_DIR / f"shard-{k:06d}.pt"
 
 
-def _check_config(path: Path, config: dict) -> None:
-    held = json.loads(path.read_text())
-    if held != config:
-        diff = sorted(k for k in set(held) | set(config) if held.get(k) != config.get(k))
-        raise SystemExit(f"latentx refine: {path.parent} holds a run with other settings ({', '.join(diff)} differ); "
-                         "use another --out or the same settings to resume")
+def _check_config(path: Path, config: dict) -> bool:
+    try:
+        return check_run_config(path, config)
+    except ValueError as err:
+        raise SystemExit(f"latentx refine: {err}") from None
 
 
 # --- the command -------------------------------------------------------------------------
@@ -286,9 +286,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
     if rank == 0:
-        if config_path.exists():
-            _check_config(config_path, config)
-        else:
+        if _check_config(config_path, config):
             atomic_write_json(config_path, config, indent=2)
     if distributed:
         dist.barrier()
