@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from latentx import models, synthetic
+from latentx._atomic import atomic_write_json
 from latentx.class_search import class_candidates, mean_embedding, nearest_class, project_best_class
 from latentx.digits_cgan import digits_split
 from latentx.projection import project
@@ -295,9 +296,7 @@ def main() -> None:
                           f"{sum(r['total'] for r in run['rows']) / len(run['rows']):.4f} "
                           f"({run['wall_seconds']:.0f} s)", flush=True)
                     partial.parent.mkdir(exist_ok=True)
-                    tmp = partial.with_suffix(".tmp")
-                    tmp.write_text(json.dumps({"run_settings": run_settings, "runs": runs}))
-                    os.replace(tmp, partial)
+                    atomic_write_json(partial, {"run_settings": run_settings, "runs": runs})
 
     wanted = {f"{i}|{lr_name(l)}|{t}" for i in args.inits for l in args.lr_c for t in ("off", "on")}
     runs = {k: {s_: r for s_, r in v.items() if int(s_) in args.seeds} for k, v in runs.items() if k in wanted}
