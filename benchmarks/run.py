@@ -20,6 +20,7 @@ from latentx.benchmarks import (
     bench_ifgsm_step,
     bench_lpips,
     bench_projection,
+    bench_time_to_quality,
 )
 from latentx.benchmarks.timing import format_table
 
@@ -31,6 +32,7 @@ BENCHMARKS = {
     "grid_sample": bench_grid_sample,
     "advlat": bench_advlat,
     "projection": bench_projection,
+    "time_to_quality": bench_time_to_quality,
     "edit": bench_edit,
 }
 
