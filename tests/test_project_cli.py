@@ -446,3 +446,39 @@ def test_train_encoder_then_project_with_encoder_and_hybrid(tmp_path, tiny_gener
     for argv in (["--method", "hybrid"], ["--method", "encoder", "--encoder", tmp_path / "missing.pt"]):
         assert run_cli(["project", photo, *tiny_generator, *budget, *argv, "--out", tmp_path / "bad"]) == 2
         assert not (tmp_path / "bad").exists()
+
+
+# --- class-conditional generators from the command line (issue 18) ---------------------------
+
+
+def test_class_given_and_auto_on_the_conditional_digits_gan(tmp_path, capsys):
+    """--class N starts c at W[N]; --class auto screens --class-among, projects the --class-k
+    best and keeps the lowest loss, saying which; a conditional generator without --class and
+    labels outside its table are refused, naming the flag."""
+    photo = tmp_path / "digit.png"
+    write_photo(photo, 5, 40, 40)
+    common = [photo, "--generator", "digits-cgan", *BUDGET, "--work-size", "32"]
+    assert run_cli(["project", *common, "--class", "3", "--lr-c", "0.05", "--out", tmp_path / "given"]) == 0
+    given = json.loads((tmp_path / "given" / "result.json").read_text())
+    assert given["class"]["mode"] == "given" and given["class"]["label"] == 3
+    assert len(given["c_best"]) == 16 and 0 <= given["class"]["nearest_after"] < 10
+    assert run_cli(["project", *common, "--class", "auto", "--class-among", "1,3,7", "--class-k", "2",
+                    "--out", tmp_path / "auto"]) == 0
+    auto = json.loads((tmp_path / "auto" / "result.json").read_text())["class"]
+    assert auto["mode"] == "auto" and len(auto["candidates"]) == 2 and set(auto["candidates"]) <= {1, 3, 7}
+    assert auto["chosen"] == auto["candidates"][int(np.argmin(auto["candidate_losses"]))]
+    capsys.readouterr()
+    for argv, flag in ((["--out", tmp_path / "no-class"], "--class N"),
+                       (["--class", "12", "--out", tmp_path / "big"], "--class"),
+                       (["--class", "two", "--out", tmp_path / "word"], "--class"),
+                       (["--class", "auto", "--class-k", "0", "--out", tmp_path / "k0"], "--class-k")):
+        assert run_cli(["project", *common, *argv]) == 2
+        assert flag in capsys.readouterr().err
+        assert not argv[-1].exists()
+
+
+def test_class_on_an_unconditional_generator_is_refused(tmp_path, tiny_generator, capsys):
+    photo = tmp_path / "p.png"
+    write_photo(photo, 1)
+    assert run_cli(["project", photo, *tiny_generator, *BUDGET, "--class", "3", "--out", tmp_path / "o"]) == 2
+    assert "not class-conditional" in capsys.readouterr().err

@@ -113,11 +113,14 @@ def run_projection(photo: Tensor, box: Sequence[float], out: Path, *, generator=
                    transform=True, device: str = "cpu", work_size: int = 128, context: float = 2.0,
                    seed: int = 0, budget: Optional[dict] = None, label: str = "image",
                    extra: Optional[dict] = None, finetune_steps: int = 0, progress: bool = True,
-                   encoder=None) -> dict:
+                   encoder=None, class_spec: Optional[dict] = None) -> dict:
     """Project ``box`` of ``photo`` [3, H, W] in [−1, 1]; write everything to ``out``; return
     the JSON summary. ``finetune_steps`` > 0: then fine-tune a copy of the generator for at
     most that many Adam steps (seed 003 eq. 6) and picture its output. ``encoder``: E(x) → z
-    for the ``encoder`` / ``hybrid`` methods (a module or a train_encoder checkpoint path). ``result.json`` is
+    for the ``encoder`` / ``hybrid`` methods (a module or a train_encoder checkpoint path).
+    ``class_spec`` (class-conditional generators, :func:`class_setting`): {"label": N} starts c
+    at W[N]; {"auto": k, "among": labels or None} screens the classes, projects the k best
+    candidates and keeps the lowest loss (``latentx.class_search``). ``result.json`` is
     written last, atomically: its presence means the folder is complete."""
     from latentx import models
     from latentx.poisson import poisson_blend
@@ -146,8 +149,23 @@ def run_projection(photo: Tensor, box: Sequence[float], out: Path, *, generator=
 
     if isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int) or finetune_steps < 0:
         raise ValueError(f"--finetune-steps must be an integer >= 0, got {finetune_steps!r}")
-    res = project(generator, crop.clamp(-1, 1), boxes=[box_crop], method=method, transform=transform,
-                  seed=seed, progress=progress, encoder=encoder, **budget)
+    kw = dict(boxes=[box_crop], method=method, transform=transform, seed=seed, progress=progress,
+              encoder=encoder, **budget)
+    target = crop.clamp(-1, 1)
+    class_record = None
+    if class_spec is None:
+        res = project(generator, target, **kw)
+    elif "label" in class_spec:
+        res = project(generator, target, classes=[class_spec["label"]], **kw)
+        class_record = {"mode": "given", "label": class_spec["label"]}
+    else:
+        from latentx.class_search import class_candidates, project_best_class
+
+        cand = class_candidates(generator, target, k=class_spec["auto"], boxes=[box_crop],
+                                among=class_spec["among"], seed=seed)
+        res, picked = project_best_class(generator, target, cand, **kw)
+        class_record = {"mode": "auto", "candidates": cand[0].tolist(),
+                        "candidate_losses": picked["losses"][0].tolist(), "chosen": int(picked["chosen"][0])}
     best = res.best()
     s = int(res.best_seed[0])
     ft = None
@@ -220,6 +238,7 @@ def run_projection(photo: Tensor, box: Sequence[float], out: Path, *, generator=
         "phi0": res.phi0[0].tolist(), "phi": res.phi[0].tolist(),
         "phi_photo": phi_photo.tolist(),
         "best_seed": s, "z_best": best["z"][0].tolist(),
+        "c_best": None if best["c"] is None else best["c"][0].tolist(),
         "losses": {k: v[0].tolist() for k, v in res.losses.items()},
         "best": summary["best"], "mean_of_seeds": summary["mean"],
         "poisson": info, "loss_curve_renderer": renderer,
@@ -230,6 +249,11 @@ def run_projection(photo: Tensor, box: Sequence[float], out: Path, *, generator=
         "side_by_side_panels": ["target crop (box outlined)", "T_phi*(target): what G is fitted to",
                                 "G(z*) best seed", "Poisson composite (crop region)"],
     }
+    if class_record is not None:
+        from latentx.class_search import nearest_class
+
+        class_record["nearest_after"] = int(nearest_class(generator, best["c"][:1])[0])
+        record["class"] = class_record
     if "transform" in res.history:
         record["transform_history_best"] = res.history["transform"][0].tolist()
     if ft is not None:
@@ -302,16 +326,58 @@ def check_settings(args: argparse.Namespace) -> None:
         torch.device(args.device)
     except (RuntimeError, ValueError) as e:
         raise ValueError(f"--device {args.device!r} is not a device ({e})") from None
+    if args.lr_c is not None and not (math.isfinite(args.lr_c) and args.lr_c >= 0):
+        raise ValueError(f"--lr-c must be a finite number >= 0, got {args.lr_c}")
+    if isinstance(args.class_k, bool) or not isinstance(args.class_k, int) or args.class_k < 1:
+        raise ValueError(f"--class-k must be an integer >= 1, got {args.class_k!r}")
+    _class_labels("--class-among", args.class_among)
+    if args.class_ is not None and args.class_ != "auto":
+        _class_labels("--class", args.class_)
     if args.method in ("encoder", "hybrid") and args.encoder is None:
         raise ValueError(f"--method {args.method} needs --encoder PATH (a checkpoint from `latentx train-encoder`)")
     if args.encoder is not None and not os.path.isfile(args.encoder):
         raise ValueError(f"--encoder {args.encoder!r} is not a file (train one with `latentx train-encoder`)")
 
 
+def _class_labels(flag: str, text: Optional[str]) -> Optional[list[int]]:
+    """Comma-separated class labels >= 0 (None for no text); ValueError naming ``flag``."""
+    if text is None:
+        return None
+    try:
+        labels = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        labels = []
+    if not labels or min(labels) < 0:
+        raise ValueError(f"{flag} must be class label(s) N[,N...] >= 0" + (" or 'auto'" if flag == "--class" else "")
+                         + f", got {text!r}")
+    return labels
+
+
+def class_setting(args, generator) -> Optional[dict]:
+    """``run_projection``'s ``class_spec`` from --class / --class-k / --class-among, checked
+    against the generator (conditional or not, its number of classes)."""
+    n = 0 if generator.class_embedding is None else int(generator.class_embedding.shape[0])
+    if n == 0:
+        if args.class_ is not None:
+            raise ValueError(f"--class: --generator {args.generator} is not class-conditional")
+        return None
+    if args.class_ is None:
+        raise ValueError(f"--generator {args.generator} is class-conditional: pass --class N (0..{n - 1}) "
+                         "or --class auto")
+    among = _class_labels("--class-among", args.class_among)
+    labels = among or ([] if args.class_ == "auto" else _class_labels("--class", args.class_))
+    if labels and max(labels) >= n:
+        raise ValueError(f"--class / --class-among: labels must lie in 0..{n - 1} for --generator "
+                         f"{args.generator}, got {max(labels)}")
+    if args.class_ == "auto":
+        return {"auto": args.class_k, "among": among}
+    return {"label": labels[0]}
+
+
 def _budget(args) -> dict:
     budget = dict(PAPER_BUDGET if args.paper_budget else DEMO_BUDGET)
     for name in ("seeds", "meta_steps", "grad_steps", "last_grad_steps", "transform_meta_steps",
-                 "transform_grad_steps", "beta", "lr"):
+                 "transform_grad_steps", "beta", "lr", "lr_c"):
         v = getattr(args, name, None)
         if v is not None:
             budget[name] = v
@@ -333,7 +399,16 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                    help="an encoder checkpoint from `latentx train-encoder` (for --method encoder / hybrid)")
     p.add_argument("--no-transform", action="store_true", help="skip the transform search (identity φ)")
     p.add_argument("--generator", default="face-dcgan",
-                   help="'face-dcgan' (default) or package.module:factory (with --checkpoint)")
+                   help="'face-dcgan' (default), 'digits-cgan', 'biggan-deep-128|256|512' (with --checkpoint: "
+                        "your copy of pytorch-pretrained-biggan's pytorch_model.bin or its folder) or "
+                        "package.module:factory (with --checkpoint)")
+    p.add_argument("--class", dest="class_", default=None, metavar="N|auto",
+                   help="class-conditional generators: start c at class N's embedding, or 'auto': screen "
+                        "the classes, project the --class-k best, keep the lowest loss")
+    p.add_argument("--class-k", type=int, default=3, help="candidates projected by --class auto (default 3)")
+    p.add_argument("--class-among", default=None, metavar="N,N,...",
+                   help="--class auto screens only these classes (default: all; BigGAN's 1,000 are slow on a CPU)")
+    p.add_argument("--lr-c", type=float, default=None, help="Adam learning rate for c (default 1e-4, seed 003)")
     p.add_argument("--checkpoint", default=None, help="state dict for --generator (weights_only=True)")
     p.add_argument("--device", default="cpu")
     _threads.add_threads_argument(p)
@@ -447,6 +522,7 @@ def _run_jobs(args, jobs, many: bool, out: Path, budget: dict, config: dict, wri
     skipped = len(jobs) - len(todo)
     # Before config.json is written: a bad --generator must not pin the run to its settings.
     generator = _generator(args) if todo else None
+    class_spec = class_setting(args, generator) if todo else None
     encoder = _encoder(args) if todo else None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -473,7 +549,7 @@ def _run_jobs(args, jobs, many: bool, out: Path, budget: dict, config: dict, wri
                     transform=not args.no_transform, device=args.device, work_size=args.work_size,
                     context=args.context, seed=args.seed, budget=budget, label=str(job.image),
                     finetune_steps=args.finetune_steps, progress=not (many or args.no_progress),
-                    extra={"source": job.source}, encoder=encoder)
+                    extra={"source": job.source}, encoder=encoder, class_spec=class_spec)
             except Exception as err:  # noqa: BLE001 - one bad photo must not end a run over thousands
                 if not many:
                     raise
@@ -517,6 +593,7 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         check_settings(args)
         generator = _generator(args)
+        class_spec = class_setting(args, generator)
     except (ValueError, ModuleNotFoundError) as e:
         print(f"latentx demo: error: {e}", file=sys.stderr)
         return 2
@@ -532,6 +609,6 @@ def run_demo(args: argparse.Namespace) -> int:
                             context=args.context, seed=args.seed, budget=budget,
                             label="skimage.data.astronaut()", finetune_steps=args.finetune_steps,
                             extra={"face_box_note": "ASTRONAUT_FACE_BOX in latentx/cli/project.py"},
-                            encoder=_encoder(args))
+                            encoder=_encoder(args), class_spec=class_spec)
     _print_record(record, out)
     return 0

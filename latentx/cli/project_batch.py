@@ -203,8 +203,11 @@ def run_config(args, budget: dict) -> dict:
     config = {"generator": args.generator, "checkpoint_sha256": _sha256(getattr(args, "checkpoint", None)),
               "method": args.method, "transform": not args.no_transform, "seed": args.seed, "budget": budget,
               "work_size": args.work_size, "context": args.context, "finetune_steps": args.finetune_steps}
-    if getattr(args, "encoder", None) is not None:  # absent otherwise: older config.json files still match
+    # Absent unless used: older config.json files still match.
+    if getattr(args, "encoder", None) is not None:
         config["encoder_sha256"] = _sha256(args.encoder)
+    if getattr(args, "class_", None) is not None:
+        config["class"] = {"class": args.class_, "class_k": args.class_k, "class_among": args.class_among}
     return config
 
 
