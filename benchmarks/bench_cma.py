@@ -179,21 +179,15 @@ def _time_generations(step, generations: int, device: torch.device) -> float:
 
 
 def _generation_rows(device: torch.device, b: int, d: int, quick: bool) -> list[dict]:
+    """Generation rows: every variant timed over whole decomposition cycles, in ``rounds``
+    interleaved rounds (pycma, then each latentx variant, then again), the median kept, so a
+    drift in the machine's load hits every variant alike."""
     case = f"B={b} d={d}"
     # Whole decomposition cycles (twice over), so its amortised share is counted.
     generations = 2 if quick else max(4, 2 * _eigh_interval(d))
-    rows = []
+    rounds = 1 if quick else 3
+    steps = {}  # variant -> (step, impl)
 
-    def add(variant, seconds, baseline=None, note=""):
-        row = {"benchmark": "cma", "case": case, "variant": f"generation: {variant}",
-               "median ms": seconds * 1e3}
-        if baseline is not None:
-            row["x pycma"] = baseline / seconds
-        if note:
-            row["note"] = note
-        rows.append(row)
-
-    pycma_s = None
     if b * d <= PYCMA_MAX_WORK and device.type == "cpu":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pycma: matplotlib missing
@@ -204,15 +198,12 @@ def _generation_rows(device: torch.device, b: int, d: int, quick: bool) -> list[
                                                   {"popsize": POPSIZE, "verbose": -9, "seed": i + 1})
                        for i in range(b)]
 
-            def pycma_step():
-                for es in es_list:
-                    xs = es.ask()
-                    es.tell(xs, [float(np.dot(x, x)) for x in xs])
+        def pycma_step():
+            for es in es_list:
+                xs = es.ask()
+                es.tell(xs, [float(np.dot(x, x)) for x in xs])
 
-            pycma_s = _time_generations(pycma_step, generations, device)
-        add("pycma loop", pycma_s, note=f"mean of {generations} generations")
-    else:
-        add("pycma loop", float("nan"), note="not timed: over a minute per generation here")
+        steps["pycma loop"] = (pycma_step, None)
 
     mean0 = torch.rand(b, d, dtype=DTYPE, device=device) * 2 - 1
     variants = [("eager reference ops", "reference", "eigh"), ("native ops", "auto", "eigh"),
@@ -223,11 +214,29 @@ def _generation_rows(device: torch.device, b: int, d: int, quick: bool) -> list[
         es = BatchedCMAES(mean0, 0.5, popsize=POPSIZE, decomposition=decomposition,
                           generator=torch.Generator(device=device).manual_seed(0))
 
-        def step():
+        def step(es=es):
             x = es.ask()
             es.tell(x, _sphere(x))
 
-        with _impl(impl):
-            add(f"latentx {name}", _time_generations(step, generations, device), pycma_s,
-                f"mean of {generations} generations")
+        steps[f"latentx {name}"] = (step, impl)
+
+    seconds = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, (step, impl) in steps.items():
+            with _impl(impl) if impl is not None else contextlib.nullcontext():
+                seconds[name].append(_time_generations(step, generations, device))
+    median = {name: float(np.median(ts)) for name, ts in seconds.items()}
+    pycma_s = median.get("pycma loop")
+    note = f"median of {rounds} rounds of {generations} generations"
+    rows = []
+    if pycma_s is None:
+        rows.append({"benchmark": "cma", "case": case, "variant": "generation: pycma loop",
+                     "median ms": float("nan"), "note": "not timed: over a minute per generation here"})
+    for name, s_ in median.items():
+        row = {"benchmark": "cma", "case": case, "variant": f"generation: {name}", "median ms": s_ * 1e3,
+               "note": note + (f"; spread {min(seconds[name]) * 1e3:.3g}–{max(seconds[name]) * 1e3:.3g} ms"
+                               if rounds > 1 else "")}
+        if pycma_s is not None and name != "pycma loop":
+            row["x pycma"] = pycma_s / s_
+        rows.append(row)
     return rows
