@@ -211,7 +211,7 @@ def run_one(name: str, variant: str, seed: int, data: dict, judges: dict, args, 
 
 COLUMNS = {
     "digits": ["mse", "ink C_on", "ink C_off", "ink flip_on", "ink flip_off", "ink paired", "ink shift",
-               "identity on", "identity off", "E_y acc", "A acc", "probe acc"],
+               "identity rec", "identity on", "identity off", "E_y acc", "A acc", "probe acc"],
     "faces": ["mse", "haar C_on", "haar C_off", "haar flip_on", "haar flip_off", "haar paired", "haar shift",
               "happy C_on", "happy C_off", "happy paired", "happy shift", "E_y acc", "A acc", "probe acc"],
 }
@@ -240,7 +240,23 @@ def fmt(cell: dict, pct: bool) -> str:
     return f"{cell['mean']:.4f}" + (f" ± {cell['std']:.4f}" if cell["std"] is not None else "")
 
 
-def markdown(summary: dict, baselines: dict, settings: dict) -> str:
+def run_notes(runs: list[dict]) -> list[str]:
+    """One line per run that diverged or ended degenerate (σ² blown up: KL per dimension > 1e3)."""
+    import re
+
+    notes = []
+    for r in runs:
+        where = f"{r['dataset']} {LABELS[r['variant']]} seed {r['seed']}"
+        if r.get("diverged"):
+            step = re.search(r"at step (\d+)", r.get("error", ""))
+            notes.append(f"- {where}: diverged at step {step.group(1) if step else '?'} (a loss became non-finite)")
+        elif r.get("history_last", {}).get("kl", 0) > 1e3:
+            notes.append(f"- {where}: ran to the end but degenerate: KL per dimension "
+                         f"{r['history_last']['kl']:.3g} in its last epoch (σ² blown up; ẑ is noise)")
+    return notes
+
+
+def markdown(summary: dict, baselines: dict, settings: dict, runs: list[dict]) -> str:
     lines = []
     for name in summary:
         cols = COLUMNS[name]
@@ -251,8 +267,15 @@ def markdown(summary: dict, baselines: dict, settings: dict) -> str:
             lines.append(f"| {LABELS[variant]} | " + " | ".join(fmt(cell[c], c not in UNITLESS) for c in cols)
                          + f" | {len(cell['diverged'])}/{len(cell['seeds'])} |")
         lines.append("")
-        lines.append("Judges on the real test images: " + ", ".join(f"{k} {v:.3f}" for k, v in baselines[name].items()))
+        lines.append("Judges on the real test images: " + ", ".join(
+            f"{k} {v}" if isinstance(v, int) else f"{k} {v:.3f}" for k, v in baselines[name].items()))
         lines.append("")
+    notes = run_notes(runs)
+    if notes:
+        lines += ["Runs that failed:", *notes, ""]
+    lines.append(f"Training time: {settings['train_seconds_total']:.0f} s summed over all runs (one thread; "
+                 "per-run times in the JSON).")
+    lines.append("")
     lines.append("Settings: " + json.dumps(settings))
     return "\n".join(lines) + "\n"
 
@@ -276,15 +299,19 @@ def grid_figure(name: str, data: dict, work: Path, seed: int, path: Path, varian
             continue
         model = I.IFcVAE.load(model_path)
         tag = "full" if v == "full" else "no L_aux"
-        cols += [(f"{tag}\nreconstruction", model.reconstruct(x)), (f"{tag}\nŷ = 0", model.edit(x, 0.0)),
-                 (f"{tag}\nŷ = 1", model.edit(x, 1.0))]
+        on, off = model.edit(x, 1.0), model.edit(x, 0.0)
+        # The edit's change, |ŷ=1 − ŷ=0| averaged over channels, ×4 so that small changes show.
+        change = ((on - off).abs().mean(1, keepdim=True) * 4 - 1).clamp(-1, 1)
+        cols += [(f"{tag}\nreconstruction", model.reconstruct(x)), (f"{tag}\nŷ = 0", off),
+                 (f"{tag}\nŷ = 1", on), (f"{tag}\n|change| ×4", change)]
     fig, axes = plt.subplots(len(pick), len(cols), figsize=(1.35 * len(cols), 1.35 * len(pick) + 0.6))
     attr = "smiling" if name == "faces" else "bold"
     for i in range(len(pick)):
         for j, (title, imgs) in enumerate(cols):
             ax = axes[i, j]
             im = ((imgs[i].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
-            ax.imshow(im[..., 0] if im.shape[2] == 1 else im, cmap="gray" if im.shape[2] == 1 else None,
+            ax.imshow(im[..., 0] if im.shape[2] == 1 else im, cmap=("magma" if "change" in title else "gray")
+                      if im.shape[2] == 1 else None,
                       vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
@@ -379,8 +406,8 @@ def main() -> None:
                 "machine": platform.platform(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     atomic_write_json(HERE / "results" / "ifcvae_table.json",
                       {"settings": settings, "baselines": baselines, "summary": summary, "runs": per_run})
-    atomic_write_text(HERE / "results" / "ifcvae_table.md", markdown(summary, baselines, settings))
-    print(markdown(summary, baselines, settings))
+    atomic_write_text(HERE / "results" / "ifcvae_table.md", markdown(summary, baselines, settings, per_run))
+    print(markdown(summary, baselines, settings, per_run))
 
 
 if __name__ == "__main__":
