@@ -433,3 +433,28 @@ def test_cli_train_resume_and_edit(tmp_path, capsys, one_thread):
     with pytest.raises(SystemExit, match="--values"):
         cli.main(["ifcvae", "edit", paths[0], "--model", str(out / "model.pt"), "--out", str(edits),
                   "--values", "0,2"])
+
+
+def test_face_smile_dataset_and_judge(tmp_path):
+    """The face data: labels follow the happy thresholds, the ambiguous band is dropped, classes
+    balanced; the cache reads back (to 1/255) and refuses other settings; the Haar judge fits a
+    threshold and gives verdicts."""
+    pytest.importorskip("gan_face_generate", reason="the face DCGAN ships in gan_face_generate")
+    pytest.importorskip("h5py", reason="the expression classifier's weights are read with h5py")
+    pytest.importorskip("cv2", reason="the Haar judge needs OpenCV")
+    cache = tmp_path / "faces.pt"
+    data = I.face_smile_dataset(120, seed=3, low=0.1, high=0.3, cache=cache, progress=False)
+    happy, labels = data["happy"], data["labels"]
+    assert data["images"].shape[1:] == (3, 64, 64) and len(labels) >= 4
+    assert bool((happy[labels == 1] >= 0.3).all()) and bool((happy[labels == 0] < 0.1).all())
+    assert int(labels.sum()) * 2 == len(labels)                       # balanced
+    back = I.face_smile_dataset(120, seed=3, low=0.1, high=0.3, cache=cache, progress=False)
+    assert torch.equal(back["labels"], labels)
+    assert (back["images"] - data["images"]).abs().max() <= 1 / 255 + 1e-6
+    with pytest.raises(ValueError, match="holds another data set"):
+        I.face_smile_dataset(120, seed=4, low=0.1, high=0.3, cache=cache, progress=False)
+    judge = I.SmileJudge()
+    bacc = judge.fit(data["images"], labels)
+    assert 0.5 <= bacc <= 1 and judge.threshold is not None
+    on, off = judge.accepts(data["images"], 1), judge.accepts(data["images"], 0)
+    assert torch.equal(on, ~off)
