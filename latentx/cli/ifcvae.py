@@ -33,7 +33,6 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
