@@ -5,11 +5,11 @@ test oracle and the fallback when the compiled library is absent. ``latentx.ops.
 says which implementation runs.
 """
 
-from latentx import attributes, cma, edit, models, ops, projection
+from latentx import advlat, attributes, cma, edit, ifcvae, models, ops, projection
 from latentx.lpips import LPIPS
 from latentx.ops import backend
 from latentx.projection import ProjectionResult, project
 
 __version__ = "0.1.0"
-__all__ = ["LPIPS", "ProjectionResult", "attributes", "backend", "cma", "edit", "models", "ops", "project",
-           "projection", "__version__"]
+__all__ = ["LPIPS", "ProjectionResult", "advlat", "attributes", "backend", "cma", "edit", "ifcvae", "models",
+           "ops", "project", "projection", "__version__"]
