@@ -29,7 +29,6 @@ strip per image (``OUT/<name>_edits.png``, same columns, unlabelled, at the mode
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -41,6 +40,7 @@ from torch import Tensor
 
 from latentx import _threads
 from latentx._atomic import atomic_write_bytes, atomic_write_json
+from latentx.cli._run_config import check_run_config
 from latentx.images import read_image, resize_square, to_uint8, write_png
 
 # Options that do not change the result: a resumed run may differ in these.
@@ -144,17 +144,6 @@ def load_data(args: argparse.Namespace, out: Path) -> tuple[Tensor, Tensor, dict
     return images, record["labels"], {"data": str(path)}
 
 
-def _check_config(out: Path, config: dict) -> None:
-    path = out / "config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-        if changed:
-            raise ValueError(f"--out {out} holds a run with other settings ({', '.join(changed)}): "
-                             "use a new folder, or delete that one")
-    atomic_write_json(path, config)
-
-
 def plot_history(path: Path, history: list) -> None:
     """Per-epoch loss terms (left) and accuracies (right) as a PNG."""
     from matplotlib.figure import Figure
@@ -195,7 +184,8 @@ def run_train(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         config_record = {k: v for k, v in vars(args).items() if k not in _FREE}
-        _check_config(out, config_record)
+        if check_run_config(out / "config.json", config_record):
+            atomic_write_json(out / "config.json", config_record)
         images, labels, about = load_data(args, out)
         config = ifcvae.IFcVAEConfig(image_size=int(images.shape[-1]), channels=int(images.shape[1]),
                                      z_dim=args.z_dim, width=args.width, aux_width=args.aux_width)
