@@ -149,6 +149,23 @@ def _check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
 
 
+def _check_sampling(z, c, steps, batch_size, **modules) -> int:
+    """The checks refine and sample share (each of ``modules`` is an nn.Module; z a floating
+    tensor [N, ...]; steps >= 0; batch_size >= 1 or None; c for N latents). Returns N."""
+    for name, module in modules.items():
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
+    if not isinstance(z, Tensor) or not z.is_floating_point() or z.dim() < 1:
+        raise TypeError(f"z must be a floating-point tensor [N, ...], got "
+                        f"{z.dtype if isinstance(z, Tensor) else type(z).__name__}")
+    _check_int("steps", steps, 0)
+    if batch_size is not None:
+        _check_int("batch_size", batch_size, 1)
+    if c is not None:
+        check_classes(c, z.shape[0])
+    return z.shape[0]
+
+
 def _check_amount(name: str, value, n: Optional[int], positive: bool = False) -> None:
     """A step size or radius: a finite number >= 0 (> 0 with ``positive``), or a tensor of
     such values holding one value or one per latent [n]."""
@@ -298,18 +315,7 @@ def refine(
             ``bounds``, non-finite ``z``, a ``c`` of the wrong dtype or length.
         FloatingPointError: a non-finite loss or gradient, naming the step and chunk.
     """
-    for name, module in (("G", G), ("D", D)):
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
-    if not isinstance(z, Tensor) or not z.is_floating_point() or z.dim() < 1:
-        raise TypeError(f"z must be a floating-point tensor [N, ...], got "
-                        f"{z.dtype if isinstance(z, Tensor) else type(z).__name__}")
-    _check_int("steps", steps, 0)
-    if batch_size is not None:
-        _check_int("batch_size", batch_size, 1)
-    n = z.shape[0]
-    if c is not None:
-        check_classes(c, n)
+    n = _check_sampling(z, c, steps, batch_size, G=G, D=D)
     _check_amount("step_size", step_size, n)
     if radius is not None:
         _check_amount("radius", radius, n)
@@ -456,17 +462,7 @@ def sample(
         come from (refined, or ``z`` itself when ``steps=0``), and refine's [steps + 1] mean
         D logits (None when ``steps=0``).
     """
-    if not isinstance(G, nn.Module):
-        raise TypeError(f"G must be an nn.Module, got {type(G).__name__}")
-    if not isinstance(z, Tensor) or not z.is_floating_point() or z.dim() < 1:
-        raise TypeError(f"z must be a floating-point tensor [N, ...], got "
-                        f"{z.dtype if isinstance(z, Tensor) else type(z).__name__}")
-    _check_int("steps", steps, 0)
-    if batch_size is not None:
-        _check_int("batch_size", batch_size, 1)
-    n = z.shape[0]
-    if c is not None:
-        check_classes(c, n)
+    n = _check_sampling(z, c, steps, batch_size, G=G)
     scores = None
     if steps > 0:
         if D is None:
