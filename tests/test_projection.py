@@ -1149,3 +1149,19 @@ def test_refinement_with_targets_batched_equals_each_image_alone(gen, lp):
         for stage, counts in both.evaluations.items():
             for kind in ("forward", "backward"):
                 assert counts[kind][b].tolist() == one.evaluations[stage][kind][0].tolist(), (stage, kind)
+
+
+def test_hybrid_with_a_mixed_population_of_seeds(gen, lp):
+    target = gen(_z(2, 191)).detach()
+    guess = _z(2, 192) * 0.5
+    enc = lambda y: guess[: y.shape[0]]  # noqa: E731 - a fixed "encoder"
+    kw = dict(transform=False, seeds=4, adam_steps=0, seed=6, perceptual=lp, progress=False)
+    mixed = project(gen, target, method="hybrid", encoder=enc, encoder_seeds=2, **kw)
+    plain = project(gen, target, method="adam", **kw)
+    around = project(gen, target, method="hybrid", encoder=enc, **kw)
+    torch.testing.assert_close(mixed.z[:, 0], guess)                  # seed 0 at E's guess
+    torch.testing.assert_close(mixed.z[:, :2], around.z[:, :2])       # then seeds around it
+    torch.testing.assert_close(mixed.z[:, 2:], plain.z[:, 2:])        # the rest as plain Adam's
+    assert mixed.settings["encoder_seeds"] == 2
+    with pytest.raises(ValueError, match="encoder_seeds needs encoder="):
+        project(gen, target, method="adam", encoder_seeds=2, **kw)

@@ -158,8 +158,8 @@ def search_transform(P: Problem, phi0: Tensor, *, meta_steps: int, grad_steps: i
 def search_latent(P: Problem, method: str, phi_star: Tensor, *, meta_steps: int, grad_steps: int,
                   last_grad_steps: int, adam_steps: int, lbfgs_steps: int, lbfgs_lr: float, cma_steps: int,
                   tell: str, encoder: Optional[Callable[[Tensor], Tensor]], encoder_noise: float,
-                  z_init: Optional[Tensor], schedule: Optional[SeedSchedule] = None
-                  ) -> tuple[Tensor, Optional[Tensor], Tensor, Tensor]:
+                  z_init: Optional[Tensor], schedule: Optional[SeedSchedule] = None,
+                  encoder_seeds: Optional[int] = None) -> tuple[Tensor, Optional[Tensor], Tensor, Tensor]:
     """Stage 2 with φ* fixed. Returns z [N, d], c [N, c_dim] or None, history [B, S, T] and
     dropped [N] bool (rows stopped by a non-finite value, ``on_nonfinite="drop"``).
     ``schedule`` (halving, target) acts on the method's final Adam run: all of ``adam`` /
@@ -195,6 +195,10 @@ def search_latent(P: Problem, method: str, phi_star: Tensor, *, meta_steps: int,
             # hybrid never ends worse than the encoder alone
             z = enc_mean[:, None] + encoder_noise * noise
             z[:, 0] = enc_mean
+            if encoder_seeds is not None:
+                # a mixed population: seeds from encoder_seeds on start from N(0, I) as
+                # plain Adam's do, so a poor guess of E does not decide the basin
+                z[:, encoder_seeds:] = noise[:, encoder_seeds:]
         else:
             z = noise
         return z.reshape(N, d).to(P.dtype).clamp(-T, T)
@@ -306,6 +310,7 @@ def project(
     c0: Optional[Tensor] = None,
     encoder: Union[Callable[[Tensor], Tensor], str, os.PathLike, None] = None,
     encoder_noise: float = math.sqrt(0.5),
+    encoder_seeds: Optional[int] = None,
     z_init: Union[Tensor, str, None] = None,
     target_loss: Union[float, Sequence[float], Tensor, None] = None,
     target_every: int = 5,
@@ -356,6 +361,9 @@ def project(
             by :func:`~latentx.projection.train_encoder`. With it, the gradient methods start
             from z ~ N(E(T_φ(y)), ``encoder_noise``²·I) (seed 0 at E(T_φ(y)) itself) and the
             CMA methods from the mean E(T_φ(y)).
+        encoder_seeds: with ``encoder`` and a gradient method, only the first this many seeds
+            start around E's guess; the others from N(0, I) like plain Adam's (a mixed
+            population; None: all of them).
         z_init: [B, S, z_dim] starting latents for ``adam`` / ``lbfgs`` / ``hybrid`` (instead
             of the random or encoder draws); or ``"transform"`` (with ``transform=True``): the
             latents stage 1's last generation descended to, seed s from CMA sample s — the
@@ -455,6 +463,10 @@ def project(
         raise ValueError(f"project: background must lie in [0, 1], got {background!r}")
     if not (isinstance(encoder_noise, (int, float)) and encoder_noise >= 0 and math.isfinite(encoder_noise)):
         raise ValueError(f"project: encoder_noise must be a number >= 0, got {encoder_noise!r}")
+    if encoder_seeds is not None:
+        encoder_seeds = _check_int("encoder_seeds", encoder_seeds, 1)
+        if encoder is None:
+            raise ValueError("project: encoder_seeds needs encoder=")
 
     like = generator.parameter_like()
     device = like.device
@@ -589,7 +601,8 @@ def project(
         z, c, lat_hist, dropped = search_latent(
             P, method, phi_star, meta_steps=meta_steps, grad_steps=grad_steps, last_grad_steps=last_grad_steps,
             adam_steps=adam_steps, lbfgs_steps=lbfgs_steps, lbfgs_lr=lbfgs_lr, cma_steps=cma_steps, tell=tell,
-            encoder=encoder, encoder_noise=encoder_noise, z_init=z_init, schedule=schedule)
+            encoder=encoder, encoder_noise=encoder_noise, z_init=z_init, schedule=schedule,
+            encoder_seeds=encoder_seeds)
         history["latent"] = lat_hist
         if refine_steps:
             bar.set_description(f"project[{method}] refine")
@@ -675,7 +688,7 @@ def project(
                     adam_steps=adam_steps, lbfgs_steps=lbfgs_steps, lbfgs_lr=lbfgs_lr, cma_steps=cma_steps,
                     seed=seed_list, truncation=generator.truncation, object_box=list(generator.object_box),
                     generator=getattr(generator, "name", "generator"), encoder=encoder is not None,
-                    encoder_noise=encoder_noise,
+                    encoder_noise=encoder_noise, encoder_seeds=encoder_seeds,
                     z_init="transform" if settings_z_init == "transform" else z_init is not None,
                     on_nonfinite=on_nonfinite,
                     target_loss=None if target_loss is None else target_loss.tolist(), target_every=target_every,
