@@ -1165,3 +1165,39 @@ def test_hybrid_with_a_mixed_population_of_seeds(gen, lp):
     assert mixed.settings["encoder_seeds"] == 2
     with pytest.raises(ValueError, match="encoder_seeds needs encoder="):
         project(gen, target, method="adam", encoder_seeds=2, **kw)
+
+
+def test_restarts_project_again_the_images_that_miss_their_target(gen, lp):
+    from latentx.projection.search import _RESTART_STRIDE
+
+    g64 = _g64(gen)
+    lp64 = copy.deepcopy(lp).double()
+    targets = g64(_z(2, 201).double()).detach()
+    kw = dict(method="adam", transform=False, seeds=2, adam_steps=8, perceptual=lp64, progress=False)
+    # image 1's first attempt (seed 33) misses a target its second (seed 33 + stride) meets
+    first = project(g64, targets, seed=[30, 33], **kw)
+    second = project(g64, targets[1:], seed=[33 + _RESTART_STRIDE], **kw)
+    l1, l2 = float(first.losses["total"][1].min()), float(second.losses["total"][0].min())
+    assert l2 < l1, (l1, l2)  # the fixed seeds separate the attempts (chosen so when written)
+    goal = [float(first.losses["total"][0].min()) * 1.01, (l1 + l2) / 2]
+    res = project(g64, targets, seed=[30, 33], target_loss=goal, restarts=2, **kw)
+    assert res.reached.tolist() == [True, True] and res.attempts.tolist() == [1, 2]
+    assert float(res.losses["total"][1].min()) <= goal[1]
+    # image 1 spent both attempts' evaluations; image 0 only its first (stopped at its target)
+    plain = project(g64, targets, seed=[30, 33], target_loss=goal, **kw)
+    assert plain.reached.tolist() == [True, False]
+    for kind in ("forward", "backward"):
+        assert res.evaluations["latent"][kind][0].tolist() == plain.evaluations["latent"][kind][0].tolist()
+        again = project(g64, targets[1:], seed=[33 + _RESTART_STRIDE], target_loss=goal[1:], **kw)
+        total = plain.evaluations["latent"][kind][1] + again.evaluations["latent"][kind][0]
+        assert res.evaluations["latent"][kind][1].tolist() == total.tolist()
+        torch.testing.assert_close(res.z[1], again.z[0], atol=1e-10, rtol=0)
+    assert res.reached_seconds[1] > res.reached_seconds[0] and res.summary()[1]["attempts"] == 2
+    # each image alone does what it does in the batch
+    alone = project(g64, targets[1:], seed=[33], target_loss=goal[1:], restarts=2, **kw)
+    torch.testing.assert_close(alone.z[0], res.z[1], atol=1e-10, rtol=0)
+    assert alone.attempts.tolist() == [2]
+    with pytest.raises(ValueError, match="restarts repeat the images that miss target_loss"):
+        project(g64, targets, restarts=1, **kw)
+    with pytest.raises(ValueError, match="restarts must be an integer >= 0"):
+        project(g64, targets, restarts=-1, target_loss=0.1, **kw)

@@ -47,6 +47,7 @@ class ProjectionResult:
             their target (None without a target); ``reached_seconds``: [B] float64 wall
             seconds from the start of the call to the check that reached it (NaN where not
             reached) — for images projected together, each image's own time to its target.
+        attempts: [B] int64 with ``restarts``: how many times each image was projected.
         method, transform, perceptual (which LPIPS ran), settings, seconds (wall time).
     """
 
@@ -71,6 +72,7 @@ class ProjectionResult:
     dropped: Optional[Tensor] = None
     reached: Optional[Tensor] = None
     reached_seconds: Optional[Tensor] = None
+    attempts: Optional[Tensor] = None
 
     @property
     def transform_object(self) -> Transform:
@@ -118,6 +120,8 @@ class ProjectionResult:
             if self.reached is not None:
                 sec = float(self.reached_seconds[b])
                 out[-1].update(reached=bool(self.reached[b]), reached_seconds=None if sec != sec else sec)
+            if self.attempts is not None:
+                out[-1]["attempts"] = int(self.attempts[b])
         return out
 
     def to_dict(self) -> dict:

@@ -280,6 +280,74 @@ def _load_encoder(encoder: Any, device: torch.device) -> Optional[Callable[[Tens
                     f"train_encoder, got {type(encoder).__name__}")
 
 
+_RESTART_STRIDE = 1_000_003  # seed offset of restart k: far from the seeds of other images
+
+
+def _take_image_fields(into, src, b: int, j: int) -> None:
+    """Image b of ``into`` (a ProjectionResult) becomes image j of ``src``."""
+    for name in ("z", "c", "phi", "phi0", "generated", "inverted", "coverage", "best_seed", "dropped",
+                 "reached"):
+        a, v = getattr(into, name), getattr(src, name)
+        if a is not None:
+            a[b] = v[j]
+    for key in into.losses:
+        into.losses[key][b] = src.losses[key][j]
+    for key in into.history:
+        if key in src.history and into.history[key].shape[1:] == src.history[key].shape[1:]:
+            into.history[key][b] = src.history[key][j]
+
+
+def _with_restarts(args: dict) -> ProjectionResult:
+    """project() with ``restarts``: the images that miss their target are projected again."""
+    restarts = args.pop("restarts")
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0:
+        raise ValueError(f"project: restarts must be an integer >= 0, got {restarts!r}")
+    if args["target_loss"] is None:
+        raise ValueError("project: restarts repeat the images that miss target_loss; pass target_loss=")
+    if isinstance(args["z_init"], Tensor):
+        raise ValueError("project: restarts would start again from the same z_init; pass one or the other")
+    images = args["images"]
+    B = images.shape[0] if isinstance(images, Tensor) and images.dim() == 4 else 1
+    seed = args["seed"]
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()))
+    seeds = [int(seed) + b for b in range(B)] if isinstance(seed, int) else [int(v) for v in seed]
+    t0 = time.perf_counter()
+    result = project(**dict(args, seed=seeds))
+    tl = torch.as_tensor(args["target_loss"], dtype=torch.float64).flatten()
+    targets = tl.expand(B) if tl.numel() == 1 else tl
+    attempts = torch.ones(B, dtype=torch.long)
+    for k in range(1, restarts + 1):
+        todo = (~result.reached).nonzero().flatten().tolist()
+        if not todo:
+            break
+        sub = dict(args, images=images[todo], seed=[seeds[b] + _RESTART_STRIDE * k for b in todo],
+                   target_loss=targets[todo])
+        for name in ("masks", "boxes", "classes", "c0"):
+            v = args[name]
+            if v is not None and not (name == "c0" and torch.as_tensor(v).dim() == 1):
+                sub[name] = torch.as_tensor(v)[todo] if not isinstance(v, Tensor) else v[todo]
+        offset = time.perf_counter() - t0
+        again = project(**sub)
+        best_then = result.losses["total"].nan_to_num(math.inf).amin(1)
+        best_now = again.losses["total"].nan_to_num(math.inf).amin(1)
+        for j, b in enumerate(todo):
+            attempts[b] += 1
+            for stage, counts in again.evaluations.items():
+                mine = result.evaluations.setdefault(
+                    stage, {kind: torch.zeros_like(v) for kind, v in result.evaluations["score"].items()})
+                for kind, v in counts.items():
+                    mine[kind][b] += v[j].to(mine[kind].device)
+            if bool(again.reached[j]) or float(best_now[j]) < float(best_then[b]):
+                _take_image_fields(result, again, b, j)
+                result.reached_seconds[b] = offset + float(again.reached_seconds[j]) if bool(again.reached[j]) \
+                    else math.nan
+    result.attempts = attempts
+    result.seconds = time.perf_counter() - t0
+    result.settings["restarts"] = restarts
+    return result
+
+
 def project(
     generator,
     images: Tensor,
@@ -322,6 +390,7 @@ def project(
     refine_lr: float = 0.02,
     refine_lr_phi: float = 0.003,
     refine_transform: bool = True,
+    restarts: int = 0,
     on_nonfinite: str = "raise",
     perceptual: Optional[LPIPS] = None,
     seed: Union[int, Sequence[int], None] = None,
@@ -393,6 +462,12 @@ def project(
             ``brightness``), each seed with its own copy of the image's φ
             (:mod:`latentx.projection.refine`). ``result.phi`` is then the φ of the image's
             best refined seed, and every seed is scored with it. 0 (default): no refinement.
+        restarts: with ``target_loss``: an image still short of its target at the end is
+            projected again from scratch (the same settings, seed + 1000003·k for restart k:
+            new seeds, a new transform search), at most this many times; it keeps its best
+            attempt — the first that reaches its target. ``result.attempts`` [B] counts the
+            attempts, ``evaluations`` add up over them, ``reached_seconds`` and ``seconds``
+            count from the start of the first.
         on_nonfinite: ``"raise"`` (default): a NaN / inf in a generator output, loss or
             gradient raises :class:`~latentx.projection.NonFiniteError` naming the stage,
             image, seed and step; ``"drop"``: that seed (or CMA sample) is dropped with a
@@ -405,6 +480,8 @@ def project(
     Returns:
         :class:`ProjectionResult` (its ``evaluations`` count the generator passes per problem).
     """
+    if restarts:
+        return _with_restarts(dict(locals()))
     t_start = time.perf_counter()
     if not isinstance(generator, Generator):
         raise TypeError("project: generator must be a latentx.models.Generator (wrap a network with "
