@@ -33,11 +33,14 @@ interleaved (baseline b, latentx b, baseline b + 1, ...) so that both see the sa
   the end instead (below);
 * ``method="adam"``, 18 seeds, 150 Adam steps, successive halving at steps 25, 50 and 100
   (18 → 9 → 5 → 3 seeds: the basins that cannot win stop early);
-* ``refine_steps=300``: each image's best seed then descends the reported photo-frame loss
-  jointly in z and φ (``latentx.projection.refine``);
+* ``refine_steps=300``, ``refine_seeds=3``: each image's 3 best seeds (by the photo-frame
+  loss) then descend the reported photo-frame loss jointly in z and their own copy of φ
+  (``latentx.projection.refine``); the image keeps the best;
 * ``fast_generator=True``: the generator's batch norms folded into its convolutions,
   channels-last weights (same images to float rounding);
-* ``target_loss`` per image, checked every 5 Adam steps and at every refinement step.
+* ``target_loss`` per image, checked every 5 Adam steps and at every refinement step;
+* ``restarts=3``: an image that misses its target is projected again with new seeds, at most
+  3 more times (its time to target counts every attempt; it keeps its best).
 
 ``--quick`` (CI): the budgets shrink to seconds (see ``QUICK_BASELINE`` / ``QUICK_FAST``); the
 numbers then only show that the benchmark runs.
@@ -67,10 +70,11 @@ from latentx.projection.problem import Problem
 
 IMAGES = 4
 FAST = dict(method="adam", transform="init", seeds=18, adam_steps=150, halving=(25, 50, 100),
-            refine_steps=300, fast_generator=True, target_every=5)
+            refine_steps=300, refine_seeds=3, fast_generator=True, target_every=5, restarts=3)
 # --quick: seconds in all (a smoke test of the benchmark, not a measurement)
 QUICK_BASELINE = dict(TINY_BUDGET, meta_steps=3, transform_meta_steps=3, last_grad_steps=5)
-QUICK_FAST = dict(FAST, seeds=2, adam_steps=6, halving=(3,), refine_steps=10, target_every=2)
+QUICK_FAST = dict(FAST, seeds=2, adam_steps=6, halving=(3,), refine_steps=10, refine_seeds=2, target_every=2,
+                  restarts=1)
 
 
 def _quiet(fn):
@@ -139,7 +143,7 @@ def _run(device, quick, n_images, fast, baseline_budget, with_paper) -> list[dic
     # warm-up (untimed): first-call allocations, pycma and lpips set-up, the fast generator copy
     _quiet(lambda: base.project(images[0], boxes[0], seed=0, **QUICK_BASELINE))
     _quiet(lambda: project(generator, images[:1], boxes=boxes[:1], seed=0, perceptual=lp, progress=False,
-                           **QUICK_FAST))
+                           **dict(QUICK_FAST, restarts=0)))
     base_evals = baseline_evaluations(budget)
     rows = []
     for b in range(n_images):
@@ -157,9 +161,11 @@ def _run(device, quick, n_images, fast, baseline_budget, with_paper) -> list[dic
         t_lx = float(res.reached_seconds[0]) if reached else res.seconds
         l_lx = float(res.losses["total"][0].min())
         lx_evals = sum(int(v[0].sum()) for counts in res.evaluations.values() for v in counts.values())
+        attempts = 1 if res.attempts is None else int(res.attempts[0])
         row = {"benchmark": "time_to_quality", "case": case, "image": b,
                "baseline s": t_base, "baseline loss": l_base,
                "latentx s to target": t_lx, "latentx loss": l_lx, "reached": "yes" if reached else "no",
+               "attempts": attempts,
                "speedup": t_base / t_lx, "loss ratio": l_lx / l_base,
                "baseline G evals": base_evals, "latentx G evals": lx_evals}
         if with_paper:
