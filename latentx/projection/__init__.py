@@ -18,7 +18,9 @@ The package, by concern:
   :func:`train_encoder`, :func:`load_encoder`;
 * :mod:`.results` — :class:`ProjectionResult`, :class:`FinetuneResult`;
 * :mod:`.fast` — a faster generator step: :func:`fast_generator` (batch norms folded into the
-  convolutions, channels-last weights) and the bfloat16 search precision.
+  convolutions, channels-last weights) and the bfloat16 search precision;
+* :mod:`.refine` — the photo-frame refinement (``refine_steps``): the best seeds descend the
+  reported loss itself, jointly in z and φ.
 
 Frames. ``images`` [B, 3, H, W] are the *photo frame*; the generator draws in its own frame
 (h × w). φ = [s_x, s_y, t_x, t_y, γ] holds a spatial transform ψ (``latentx.transforms``:
@@ -64,6 +66,16 @@ generator forward passes and back-propagations. Per problem: Adam n steps = n + 
 backward each, ≤ ``lbfgs_steps``); CMA = one forward per generation; BasinCMA = its Adam runs;
 the transform search = ``transform_meta_steps`` × (``transform_grad_steps`` + 1) forwards and
 × ``transform_grad_steps`` backwards; scoring the returned latents = one forward.
+
+Time to quality (options of :func:`project`, all per image, so batching images does not
+change what any one of them does, and counted in ``evaluations``): ``target_loss`` stops an
+image once a seed reaches that photo-frame loss (``result.reached`` / ``reached_seconds``);
+``halving`` stops the worse half of each image's seeds at the listed Adam steps of the final
+Adam run; ``refine_steps`` / ``refine_seeds`` polish the best seeds on the photo-frame loss in
+(z, φ); ``restarts`` projects again, with new seeds, an image that missed its target;
+``fast_generator`` folds batch norms and uses channels-last weights; ``precision="bfloat16"``
+runs the generator in bfloat16 while searching; ``z_init="transform"`` carries stage 1's
+latents into stage 2; ``encoder_seeds`` mixes encoder-started and random seeds.
 
 Failures are loud: a NaN / inf in a generator output, a loss or a gradient raises
 :class:`NonFiniteError` naming the stage, image, seed and step; ``on_nonfinite="drop"`` drops
