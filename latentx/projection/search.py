@@ -307,6 +307,8 @@ def _with_restarts(args: dict) -> ProjectionResult:
     if isinstance(args["z_init"], Tensor):
         raise ValueError("project: restarts would start again from the same z_init; pass one or the other")
     images = args["images"]
+    if isinstance(images, Tensor) and images.dim() == 3:
+        images = args["images"] = images[None]
     B = images.shape[0] if isinstance(images, Tensor) and images.dim() == 4 else 1
     seed = args["seed"]
     if seed is None:
