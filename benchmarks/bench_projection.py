@@ -147,9 +147,9 @@ def lpips_package_module(device: torch.device):
     lpips = _lpips_package()
     if lpips is None:
         raise ImportError("bench_projection needs the `lpips` package (pip install --no-deps lpips)")
-    ours, _ = _quiet(lambda: default_lpips("alex", device))
+    ours, _ = quiet(lambda: default_lpips("alex", device))
     # (torchvision warns that lpips passes its deprecated `pretrained` argument)
-    lp = _quiet(lambda: lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False))
+    lp = quiet(lambda: lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False))
     lp.load_state_dict(ours.state_dict())
     return lp.to(device).eval().requires_grad_(False)
 
@@ -316,7 +316,7 @@ def check_agreement(generator, lp_package, images: Tensor, boxes: list, *, seeds
     so latentx's filtered warp is bilinear) for the generator-frame loss (``_Targets`` +
     ``gen_loss`` of ``project()``), and s = 0.5 exactly (neither direction shrinks) for the
     photo-frame loss (``photo_loss``). Returns the largest relative difference."""
-    lp, _ = _quiet(lambda: default_lpips("alex", images.device))
+    lp, _ = quiet(lambda: default_lpips("alex", images.device))
     g = torch.Generator().manual_seed(0)
     dev = images.device
     image = images[:1]
@@ -334,7 +334,7 @@ def check_agreement(generator, lp_package, images: Tensor, boxes: list, *, seeds
         # generator frame: L_mask(G(z), T_φ(y), T_φ(m))
         t_ours = transform_images(image.expand(seeds, -1, -1, -1), phi, size)
         m_ours = SpatialTransform(phi[:, :4]).apply_mask(mask.expand(seeds, -1, -1, -1), size).clamp(1e-4, 1.0)
-        ours = _quiet(lambda: masked_losses(out, t_ours, m_ours, lp, lp.encode(t_ours), BETA)["total"])
+        ours = quiet(lambda: masked_losses(out, t_ours, m_ours, lp, lp.encode(t_ours), BETA)["total"])
         phis = phi.tolist()
         t_base = torch.cat([_warp(image + p[4], p, size)[0] for p in phis])
         m_base = torch.cat([_warp(mask, p, size)[0].clamp(1e-4, 1.0) for p in phis])
@@ -346,7 +346,7 @@ def check_agreement(generator, lp_package, images: Tensor, boxes: list, *, seeds
         inv, valid = invert_images(out, phi, (H, W))
         m = mask.expand(seeds, -1, -1, -1)
         m_eff = torch.where(valid | (m >= 0.5), m, torch.zeros_like(m))
-        ours = _quiet(lambda: masked_losses(inv, image.expand(seeds, -1, -1, -1), m_eff, lp, None, BETA)["total"])
+        ours = quiet(lambda: masked_losses(inv, image.expand(seeds, -1, -1, -1), m_eff, lp, None, BETA)["total"])
         theirs = torch.tensor(base.photo_loss(list(z), phi.tolist(), image, mask), device=dev)
         assert_agree(theirs, ours, "baseline photo-frame loss", rtol=rtol, atol=1e-6)
         worst = max(worst, float(((theirs - ours).abs() / ours.abs()).max()))
@@ -355,7 +355,7 @@ def check_agreement(generator, lp_package, images: Tensor, boxes: list, *, seeds
 
 # --- timing ---------------------------------------------------------------------------------
 
-def _quiet(fn: Callable):
+def quiet(fn: Callable):
     # latentx warns once that its LPIPS backbone is random (no ImageNet checkpoint offline),
     # LPIPS that brightness-shifted images leave [-1, 1], pycma about its options,
     # torchvision about lpips' use of `pretrained`.
@@ -364,17 +364,24 @@ def _quiet(fn: Callable):
         return fn()
 
 
+def describe_budget(budget: dict) -> str:
+    """'18 seeds, 30x30 + 30x30 (last 300)': seeds, the transform search's generations x
+    steps, BasinCMA's generations x steps and its last generation's steps."""
+    return (f"{budget['seeds']} seeds, {budget['transform_meta_steps']}x{budget['transform_grad_steps']} + "
+            f"{budget['meta_steps']}x{budget['grad_steps']} (last {budget['last_grad_steps']})")
+
+
 def _runners(generator, lp_package, images: Tensor, boxes: list) -> list[tuple[str, int, Callable[[dict], object]]]:
     """(variant, images per call, run(budget)) for the baseline and latentx at B = 1 and B = all."""
     base = Pix2LatentStyle(generator, lp_package)
 
     def latentx(b: int):
         return ("latentx project()", b,
-                lambda budget: _quiet(lambda: project(generator, images[:b], boxes=boxes[:b], method="basincma",
-                                                      transform=True, seed=0, progress=False, **budget)))
+                lambda budget: quiet(lambda: project(generator, images[:b], boxes=boxes[:b], method="basincma",
+                                                     transform=True, seed=0, progress=False, **budget)))
 
     runners = [("pix2latent-style (pycma, lpips, grid_sample)", 1,
-                lambda budget: _quiet(lambda: base.project(images[0], boxes[0], seed=0, **budget))),
+                lambda budget: quiet(lambda: base.project(images[0], boxes[0], seed=0, **budget))),
                latentx(1)]
     return runners + ([latentx(images.shape[0])] if images.shape[0] > 1 else [])
 
@@ -438,9 +445,7 @@ def _run(device, quick, repeats, full, batch, gens, steps) -> list[dict]:
     images, boxes = astronaut_targets(batch, device)
     rel = check_agreement(generator, lp_package, images, boxes)
     name = "tiny (quick)" if quick else "paper"
-    case = (f"face-dcgan 64x64, {WORK_SIZE}x{WORK_SIZE} astronaut crops, {name} budget: {budget['seeds']} seeds, "
-            f"{budget['transform_meta_steps']}x{budget['transform_grad_steps']} + "
-            f"{budget['meta_steps']}x{budget['grad_steps']} (last {budget['last_grad_steps']}), "
+    case = (f"face-dcgan 64x64, {WORK_SIZE}x{WORK_SIZE} astronaut crops, {name} budget: {describe_budget(budget)}, "
             f"{device.type} {torch.get_num_threads()} thread(s)")
     rows = []
     for variant, b, run_budget in _runners(generator, lp_package, images, boxes):

@@ -42,10 +42,16 @@ interleaved (baseline b, latentx b, baseline b + 1, ...) so that both see the sa
 * ``restarts=3``: an image that misses its target is projected again with new seeds, at most
   3 more times (its time to target counts every attempt; it keeps its best).
 
+``--ablation-from RUN.json`` (the ``--json`` of a full run): each step above measured — the
+baseline is not run again (its times and losses are read from RUN.json; it is deterministic
+given the seed); FAST and FAST with one step removed (``ABLATIONS``) run per image, to the
+same targets, interleaved (image b: every variant, then image b + 1).
+
 ``--quick`` (CI): the budgets shrink to seconds (see ``QUICK_BASELINE`` / ``QUICK_FAST``); the
 numbers then only show that the benchmark runs.
 
     python -m latentx.benchmarks.bench_time_to_quality [--images 4] [--threads 2] [--json PATH]
+    python -m latentx.benchmarks.bench_time_to_quality --ablation-from PATH [--threads 2]
     latentx bench --only time_to_quality
 """
 
@@ -54,15 +60,15 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import sys
 import time
-import warnings
 from typing import Optional, Sequence
 
 import torch
 
 from latentx import models
 from latentx.benchmarks.bench_projection import (Pix2LatentStyle, TINY_BUDGET, astronaut_targets,
-                                                 check_agreement, lpips_package_module)
+                                                 check_agreement, describe_budget, lpips_package_module, quiet)
 from latentx.benchmarks.timing import format_table, synchronize
 from latentx.cli.project import PAPER_BUDGET
 from latentx.projection import default_lpips, masks_from_boxes, project
@@ -73,15 +79,12 @@ FAST = dict(method="adam", transform="init", seeds=18, adam_steps=150, halving=(
             refine_steps=300, refine_seeds=3, fast_generator=True, target_every=5, restarts=3)
 # --quick: seconds in all (a smoke test of the benchmark, not a measurement)
 QUICK_BASELINE = dict(TINY_BUDGET, meta_steps=3, transform_meta_steps=3, last_grad_steps=5)
+# --ablation-from: FAST with one step removed at a time
+ABLATIONS = {"FAST (every step)": {}, "no successive halving": dict(halving=None),
+             "no photo-frame refinement": dict(refine_steps=0), "no fast generator": dict(fast_generator=False),
+             "no restarts": dict(restarts=0)}
 QUICK_FAST = dict(FAST, seeds=2, adam_steps=6, halving=(3,), refine_steps=10, refine_seeds=2, target_every=2,
                   restarts=1)
-
-
-def _quiet(fn):
-    # the random-backbone LPIPS warning, pycma's option notes, torchvision's deprecations
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fn()
 
 
 def baseline_evaluations(budget: dict) -> int:
@@ -101,12 +104,12 @@ def baseline_quality(generator, lp, image: torch.Tensor, box: Sequence[float], r
     H, W = image.shape[-2:]
     mask = masks_from_boxes([box], (H, W), background=0.3, device=image.device)
     S = result["z"].shape[0]
-    P = _quiet(lambda: Problem(generator=generator, images=image[None], masks=mask, perceptual=lp, beta=10.0,
-                               seeds=S))
+    P = quiet(lambda: Problem(generator=generator, images=image[None], masks=mask, perceptual=lp, beta=10.0,
+                              seeds=S))
     phi = torch.tensor([result["phi"]] * S, dtype=image.dtype, device=image.device)
     with torch.no_grad():
         out = generator(result["z"].to(image.dtype))
-        return _quiet(lambda: P.photo_loss(out, phi)["total"]).double().cpu()
+        return quiet(lambda: P.photo_loss(out, phi)["total"]).double().cpu()
 
 
 def run(device: torch.device, quick: bool, repeats: int = 1, *, images: Optional[int] = None,
@@ -132,30 +135,28 @@ def _run(device, quick, n_images, fast, baseline_budget, with_paper) -> list[dic
     load_start = os.getloadavg()
     generator = models.load("face-dcgan", device=device)
     lp_package = lpips_package_module(device)
-    lp, _ = _quiet(lambda: default_lpips("alex", device))
+    lp, _ = quiet(lambda: default_lpips("alex", device))
     images, boxes = astronaut_targets(n_images, device)
     rel = check_agreement(generator, lp_package, images, boxes)
     base = Pix2LatentStyle(generator, lp_package)
-    case = (f"face-dcgan 64x64, 128x128 astronaut crops; baseline {budget['seeds']} seeds "
-            f"{budget['transform_meta_steps']}x{budget['transform_grad_steps']} + {budget['meta_steps']}x"
-            f"{budget['grad_steps']} (last {budget['last_grad_steps']}); {device.type} "
+    case = (f"face-dcgan 64x64, 128x128 astronaut crops; baseline {describe_budget(budget)}; {device.type} "
             f"{torch.get_num_threads()} thread(s)")
     # warm-up (untimed): first-call allocations, pycma and lpips set-up, the fast generator copy
-    _quiet(lambda: base.project(images[0], boxes[0], seed=0, **QUICK_BASELINE))
-    _quiet(lambda: project(generator, images[:1], boxes=boxes[:1], seed=0, perceptual=lp, progress=False,
-                           **dict(QUICK_FAST, restarts=0)))
+    quiet(lambda: base.project(images[0], boxes[0], seed=0, **QUICK_BASELINE))
+    quiet(lambda: project(generator, images[:1], boxes=boxes[:1], seed=0, perceptual=lp, progress=False,
+                          **dict(QUICK_FAST, restarts=0)))
     base_evals = baseline_evaluations(budget)
     rows = []
     for b in range(n_images):
         synchronize(device)
         t0 = time.perf_counter()
-        r = _quiet(lambda: base.project(images[b], boxes[b], seed=b, **budget))
+        r = quiet(lambda: base.project(images[b], boxes[b], seed=b, **budget))
         synchronize(device)
         t_base = time.perf_counter() - t0
         l_base = float(baseline_quality(generator, lp, images[b], boxes[b], r).min())
 
-        res = _quiet(lambda: project(generator, images[b:b + 1], boxes=boxes[b:b + 1], seed=b, perceptual=lp,
-                                     progress=False, target_loss=l_base, **fast))
+        res = quiet(lambda: project(generator, images[b:b + 1], boxes=boxes[b:b + 1], seed=b, perceptual=lp,
+                                    progress=False, target_loss=l_base, **fast))
         synchronize(device)
         reached = bool(res.reached[0])
         t_lx = float(res.reached_seconds[0]) if reached else res.seconds
@@ -170,12 +171,16 @@ def _run(device, quick, n_images, fast, baseline_budget, with_paper) -> list[dic
                "baseline G evals": base_evals, "latentx G evals": lx_evals}
         if with_paper:
             t0 = time.perf_counter()
-            paper = _quiet(lambda: project(generator, images[b:b + 1], boxes=boxes[b:b + 1], seed=b, perceptual=lp,
-                                           progress=False, method="basincma", transform=True, **budget))
+            paper = quiet(lambda: project(generator, images[b:b + 1], boxes=boxes[b:b + 1], seed=b, perceptual=lp,
+                                          progress=False, method="basincma", transform=True, **budget))
             synchronize(device)
             row["latentx paper-budget s"] = time.perf_counter() - t0
             row["latentx paper-budget loss"] = float(paper.losses["total"][0].min())
         rows.append(row)
+        # one line per image on stderr: a full run takes many minutes per image
+        print(f"time_to_quality image {b}: baseline {t_base:.1f} s loss {l_base:.4f}; latentx "
+              f"{t_lx:.1f} s loss {l_lx:.4f} reached={reached} attempts={attempts}; load "
+              f"{os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
     load_end = os.getloadavg()
     t_base = [r["baseline s"] for r in rows]
     t_lx = [r["latentx s to target"] for r in rows]
@@ -198,6 +203,53 @@ def _run(device, quick, n_images, fast, baseline_budget, with_paper) -> list[dic
     return rows + [summary]
 
 
+def ablation(device: torch.device, baseline_rows: Sequence[dict], *, threads: Optional[int] = None,
+             fast: Optional[dict] = None) -> list[dict]:
+    """One row per ``ABLATIONS`` variant: FAST with that step removed, run to the baseline's
+    per-image losses of ``baseline_rows`` (a full run's per-image rows: ``image``,
+    ``baseline s``, ``baseline loss``); median time to target, images reached, median speedup
+    against the recorded baseline times, and images / hour."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads or old)
+    try:
+        fast = dict(fast or FAST)
+        per_image = [r for r in baseline_rows if isinstance(r.get("image"), int)]
+        if not per_image:
+            raise ValueError("ablation: baseline_rows has no per-image rows (expected a full run's --json)")
+        generator = models.load("face-dcgan", device=device)
+        lp, _ = quiet(lambda: default_lpips("alex", device))
+        images, boxes = astronaut_targets(max(r["image"] for r in per_image) + 1, device)
+        quiet(lambda: project(generator, images[:1], boxes=boxes[:1], seed=0, perceptual=lp, progress=False,
+                              **dict(QUICK_FAST, restarts=0)))  # warm-up
+        load_start = os.getloadavg()
+        times: dict[str, list] = {name: [] for name in ABLATIONS}
+        reached: dict[str, list] = {name: [] for name in ABLATIONS}
+        for r in per_image:
+            b = r["image"]
+            for name, change in ABLATIONS.items():
+                res = quiet(lambda: project(generator, images[b:b + 1], boxes=boxes[b:b + 1], seed=b, perceptual=lp,
+                                            progress=False, target_loss=r["baseline loss"], **{**fast, **change}))
+                synchronize(device)
+                ok = bool(res.reached[0])
+                times[name].append(float(res.reached_seconds[0]) if ok else res.seconds)
+                reached[name].append(ok)
+                print(f"time_to_quality ablation image {b}, {name}: {times[name][-1]:.1f} s reached={ok}",
+                      file=sys.stderr, flush=True)
+        load_end = os.getloadavg()
+        t_base = [r["baseline s"] for r in per_image]
+        rows = [{"benchmark": "time_to_quality ablation", "variant": name,
+                 "median s to target": statistics.median(times[name]),
+                 "reached": f"{sum(reached[name])}/{len(per_image)}",
+                 "median speedup": statistics.median(tb / t for tb, t in zip(t_base, times[name])),
+                 "images/hour": 3600 * len(per_image) / sum(times[name])} for name in ABLATIONS]
+        rows[0]["note"] = (f"baseline times and losses from the full run ({len(per_image)} images); load average "
+                           f"{load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end; "
+                           f"{torch.get_num_threads()} thread(s)")
+        return rows
+    finally:
+        torch.set_num_threads(old)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
     import json
@@ -210,6 +262,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--with-paper", action="store_true",
                    help="also time latentx's own paper-budget BasinCMA per image (no target)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON here")
+    p.add_argument("--ablation-from", metavar="RUN_JSON",
+                   help="measure each FAST step against the baseline rows of a full run's --json")
     args = p.parse_args(argv)
     if args.images is not None and not 1 <= args.images <= 8:
         p.error(f"--images must be in [1, 8], got {args.images}")
@@ -217,9 +271,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     load = os.getloadavg()
     print(f"torch {torch.__version__} | {device} | {args.threads or torch.get_num_threads()} threads | "
           f"load average at the start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} | {time.strftime('%Y-%m-%d %H:%M')}")
-    rows = run(device, args.quick, images=args.images, threads=args.threads, with_paper=args.with_paper)
-    print(format_table(rows))
-    print(rows[-1]["note"])
+    if args.ablation_from:
+        with open(args.ablation_from) as f:
+            rows = ablation(device, json.load(f), threads=args.threads)
+        print(format_table(rows))
+        print(rows[0]["note"])
+    else:
+        rows = run(device, args.quick, images=args.images, threads=args.threads, with_paper=args.with_paper)
+        print(format_table(rows))
+        print(rows[-1]["note"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -48,5 +48,22 @@ def test_baseline_evaluations_match_what_the_baseline_runs():
                   transform_grad_steps=1)
     r = Pix2LatentStyle(G, lpips_package_module(torch.device("cpu"))).project(images[0], boxes[0], **budget)
     assert counting.rows == ttq.baseline_evaluations(budget)
-    losses = ttq.baseline_quality(face, ttq._quiet(lambda: ttq.default_lpips("alex"))[0], images[0], boxes[0], r)
+    losses = ttq.baseline_quality(face, ttq.quiet(lambda: ttq.default_lpips("alex"))[0], images[0], boxes[0], r)
     assert losses.shape == (2,) and losses.isfinite().all()
+
+
+def test_ablation_runs_every_variant_to_the_recorded_targets():
+    import pytest
+
+    def rows(loss):
+        return [{"image": 0, "baseline s": 1.0, "baseline loss": loss}, {"image": "median / rate"}]
+
+    easy = ttq.ablation(torch.device("cpu"), rows(10.0), fast=ttq.QUICK_FAST, threads=1)
+    assert [r["variant"] for r in easy] == list(ttq.ABLATIONS)
+    assert all(r["reached"] == "1/1" for r in easy)  # any start beats a loss of 10
+    assert all(r["median speedup"] == 1.0 / r["median s to target"] for r in easy)
+    impossible = ttq.ablation(torch.device("cpu"), rows(0.0), fast=ttq.QUICK_FAST, threads=1)
+    assert all(r["reached"] == "0/1" for r in impossible)
+    assert "load average" in impossible[0]["note"]
+    with pytest.raises(ValueError, match="no per-image rows"):
+        ttq.ablation(torch.device("cpu"), [{"image": "median / rate"}])

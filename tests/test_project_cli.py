@@ -236,6 +236,10 @@ def test_folder_with_boxes_file_summary_and_resume(tmp_path, tiny_generator, cap
         assert record["box"] == srow["box"] and record["source"] == str((photos / file).resolve())
         assert srow["best"] == {k: record["best"][k] for k in ("l1", "l2", "lpips", "total")}
         assert float(row["best_total"]) == pytest.approx(record["best"]["total"], rel=1e-12)
+        # the budget spent, per (image, seed) problem: each stage's counts in result.json, summed
+        forward = sum(counts["forward"] for counts in record["evaluations"].values())
+        assert forward > 0 and srow["evaluations"]["forward"] == forward == float(row["forward_per_seed"])
+        assert float(row["backward_per_seed"]) == sum(c["backward"] for c in record["evaluations"].values()) > 0
         assert mode_of(out / name / "result.json") == 0o644  # was 0o600
         assert (out / name / "loss_curve.png").stat().st_size > 1000
         assert f"{record['best']['total']:8.4f}" in printed

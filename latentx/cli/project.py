@@ -241,6 +241,7 @@ def run_projection(photo: Tensor, box: Sequence[float], out: Path, *, generator=
         "c_best": None if best["c"] is None else best["c"][0].tolist(),
         "losses": {k: v[0].tolist() for k, v in res.losses.items()},
         "best": summary["best"], "mean_of_seeds": summary["mean"],
+        "evaluations": summary["evaluations"],
         "poisson": info, "loss_curve_renderer": renderer,
         "settings": res.settings, "projection_seconds": res.seconds,
         "seconds": time.perf_counter() - t0,

@@ -235,7 +235,8 @@ def summary_rows(jobs: Sequence[Job], out: Path) -> list[dict]:
         if is_done(job, record):
             row.update(status="done", best={k: record["best"][k] for k in LOSS_NAMES},
                        mean_of_seeds={k: record["mean_of_seeds"][k] for k in LOSS_NAMES},
-                       best_seed=record.get("best_seed"), seconds=record.get("seconds"))
+                       best_seed=record.get("best_seed"), seconds=record.get("seconds"),
+                       evaluations=evaluation_totals(record.get("evaluations", {})))
             if "finetune" in record:
                 row["finetune_total"] = record["finetune"]["losses"].get("total")
         elif (job.folder / ERROR).is_file():
@@ -250,6 +251,12 @@ def summary_rows(jobs: Sequence[Job], out: Path) -> list[dict]:
     return rows
 
 
+def evaluation_totals(evaluations: dict) -> dict:
+    """A result.json's ``{stage: {"forward": n, "backward": n}}`` (generator evaluations per
+    (image, seed) problem, mean over the kept seeds) summed over the stages."""
+    return {k: sum(counts.get(k, 0.0) for counts in evaluations.values()) for k in ("forward", "backward")}
+
+
 def write_summary(out: Path, rows: list[dict], meta: dict) -> dict:
     """summary.json and summary.csv in ``out`` (atomically); returns the summary."""
     done = [r for r in rows if r["status"] == "done"]
@@ -260,12 +267,14 @@ def write_summary(out: Path, rows: list[dict], meta: dict) -> dict:
                "missing": sum(r["status"] == "missing" for r in rows),
                "best_mean": means, "best_median": medians,
                "note": "losses are photo-frame masked losses of the best seed ('best') and their mean over "
-                       "seeds ('mean_of_seeds'), as in each image's result.json",
+                       "seeds ('mean_of_seeds'), as in each image's result.json; 'evaluations': generator "
+                       "forward / backward passes per (image, seed) problem, all stages",
                "rows": rows}
     atomic_write_json(out / SUMMARY_JSON, summary)
     buffer = io.StringIO()
     fields = (["index", "image", "folder", "status", "x0", "y0", "x1", "y1"] + [f"best_{k}" for k in LOSS_NAMES]
-              + ["mean_of_seeds_total", "best_seed", "finetune_total", "seconds", "error"])
+              + ["mean_of_seeds_total", "best_seed", "finetune_total", "forward_per_seed", "backward_per_seed",
+                 "seconds", "error"])
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for r in rows:
@@ -274,7 +283,8 @@ def write_summary(out: Path, rows: list[dict], meta: dict) -> dict:
         if r["status"] == "done":
             flat.update({f"best_{k}": r["best"][k] for k in LOSS_NAMES})
             flat.update(mean_of_seeds_total=r["mean_of_seeds"]["total"], best_seed=r["best_seed"],
-                        finetune_total=r.get("finetune_total", ""), seconds=r["seconds"])
+                        finetune_total=r.get("finetune_total", ""), seconds=r["seconds"],
+                        forward_per_seed=r["evaluations"]["forward"], backward_per_seed=r["evaluations"]["backward"])
         writer.writerow(flat)
     atomic_write_text(out / SUMMARY_CSV, buffer.getvalue())
     return summary
