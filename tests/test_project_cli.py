@@ -486,3 +486,28 @@ def test_class_on_an_unconditional_generator_is_refused(tmp_path, tiny_generator
     write_photo(photo, 1)
     assert run_cli(["project", photo, *tiny_generator, *BUDGET, "--class", "3", "--out", tmp_path / "o"]) == 2
     assert "not class-conditional" in capsys.readouterr().err
+
+
+def test_fast_runs_the_time_to_quality_settings_and_refuses_conflicts(tmp_path, tiny_generator, capsys):
+    photo = tmp_path / "p.png"
+    write_photo(photo, 2)
+    out = tmp_path / "fast"
+    fast = ["project", photo, *tiny_generator, "--fast", "--seeds", "4", "--adam-steps", "30", "--work-size", "32",
+            "--no-progress"]
+    assert run_cli([*fast, "--out", out]) == 0
+    record = json.loads((out / "result.json").read_text())
+    assert record["method"] == "adam" and record["transform"] == "init"  # φ₀ from the box, no search
+    s = record["settings"]
+    assert (s["seeds"], s["adam_steps"], s["halving"]) == (4, 30, [25])  # halving steps past the run dropped
+    assert (s["refine_steps"], s["refine_seeds"], s["fast_generator"]) == (300, 3, True)
+    ev = record["evaluations"]
+    assert ev["transform"]["forward"] == 0 and ev["refine"]["backward"] > 0  # no search; refined
+    assert ev["latent"]["backward"] < 30  # halving stopped half the seeds at step 25
+
+    capsys.readouterr()
+    for extra, expected in [(["--paper-budget"], "--fast and --paper-budget"),
+                            (["--method", "basincma"], "not --method basincma"),
+                            (["--meta-steps", "3"], "--meta-steps is not used by --fast")]:
+        assert run_cli([*fast, *extra, "--out", tmp_path / "bad"]) == 2, extra
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, (extra, err)

@@ -62,7 +62,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -89,6 +89,12 @@ DEMO_BUDGET = dict(seeds=12, meta_steps=20, grad_steps=20, last_grad_steps=200,
                    transform_meta_steps=20, transform_grad_steps=20)
 PAPER_BUDGET = dict(seeds=18, meta_steps=30, grad_steps=30, last_grad_steps=300,
                     transform_meta_steps=30, transform_grad_steps=30)
+# --fast: the settings of benchmarks/bench_time_to_quality.py's FAST (there: median 7.6x less time
+# than the pix2latent-style baseline at the paper budget, to the same loss, on 3 of 4 images):
+# Adam from 18 seeds with successive halving, phi0 from the box (no transform search), then the 3
+# best seeds refined in z and phi on the photo-frame loss, on the BN-folded channels-last generator.
+FAST_BUDGET = dict(seeds=18, adam_steps=150, halving=[25, 50, 100], refine_steps=300, refine_seeds=3,
+                   fast_generator=True)
 
 
 # --- the pipeline ---------------------------------------------------------------------------
@@ -220,7 +226,7 @@ def run_projection(photo: Tensor, box: Sequence[float], out: Path, *, generator=
     renderer = None
     if matplotlib_available():
         plot_projection_losses(out / "loss_curve.png", t_best, latent_best,
-                               f"{label}: {method}{' + transform' if transform is True else ''}")
+                               f"{label}: {method}{TRANSFORM_LABELS[transform]}")
         renderer = "matplotlib"
         files.append("loss_curve.png")
     else:
@@ -312,7 +318,19 @@ _INT_FLAGS = (("seeds", 1), ("meta_steps", 1), ("grad_steps", 0), ("last_grad_st
 
 
 def check_settings(args: argparse.Namespace) -> None:
-    """Raise ValueError naming the flag for a setting out of range (shared by demo and project)."""
+    """Raise ValueError naming the flag for a setting out of range or flags that conflict
+    (shared by demo and project); fills in --method's default, which depends on --fast."""
+    if args.method is None:
+        args.method = "adam" if args.fast else "basincma"
+    if args.fast and args.paper_budget:
+        raise ValueError("--fast and --paper-budget are two different budgets; pass one")
+    if args.fast and args.method not in ("adam", "hybrid"):
+        raise ValueError(f"--fast runs Adam (or hybrid: Adam from the encoder's guess), not --method {args.method}")
+    if args.fast:
+        for name in ("meta_steps", "grad_steps", "last_grad_steps", "transform_meta_steps", "transform_grad_steps"):
+            if getattr(args, name, None) is not None:
+                raise ValueError(f"--{name.replace('_', '-')} is not used by --fast (no BasinCMA, no transform "
+                                 "search); set --seeds / --adam-steps")
     for name, minimum in _INT_FLAGS:
         v = getattr(args, name, None)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < minimum):
@@ -375,7 +393,23 @@ def class_setting(args, generator) -> Optional[dict]:
     return {"label": labels[0]}
 
 
+TRANSFORM_LABELS = {True: " + transform search", "init": " + φ₀ from the box", False: ""}
+
+
+def transform_setting(args) -> Union[bool, str]:
+    """project()'s ``transform``: False with --no-transform, "init" (φ₀ from the box, no
+    search) with --fast, else True (the search)."""
+    return False if args.no_transform else ("init" if args.fast else True)
+
+
 def _budget(args) -> dict:
+    if args.fast:
+        budget = dict(FAST_BUDGET)
+        for name in ("seeds", "adam_steps", "beta", "lr", "lr_c"):
+            if getattr(args, name, None) is not None:
+                budget[name] = getattr(args, name)
+        budget["halving"] = [k for k in budget["halving"] if k < budget["adam_steps"]]
+        return budget
     budget = dict(PAPER_BUDGET if args.paper_budget else DEMO_BUDGET)
     for name in ("seeds", "meta_steps", "grad_steps", "last_grad_steps", "transform_meta_steps",
                  "transform_grad_steps", "beta", "lr", "lr_c"):
@@ -394,8 +428,8 @@ def _budget(args) -> dict:
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder")
-    p.add_argument("--method", default="basincma", choices=METHODS,
-                   help="the latent search (default basincma); encoder / hybrid need --encoder")
+    p.add_argument("--method", default=None, choices=METHODS,
+                   help="the latent search (default basincma; adam with --fast); encoder / hybrid need --encoder")
     p.add_argument("--encoder", default=None, metavar="PATH",
                    help="an encoder checkpoint from `latentx train-encoder` (for --method encoder / hybrid)")
     p.add_argument("--no-transform", action="store_true", help="skip the transform search (identity φ)")
@@ -417,6 +451,11 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paper-budget", action="store_true",
                    help="the paper's budget: 18 seeds, 30×30 transform search, BasinCMA 30×30 + 300 "
                         "(default: a reduced budget that runs in minutes on a CPU)")
+    p.add_argument("--fast", action="store_true",
+                   help="time-to-quality settings: Adam (or hybrid) from 18 seeds, 150 steps with successive "
+                        "halving, phi0 from the box instead of the transform search, the 3 best seeds refined "
+                        "in z and phi (300 steps), the BN-folded channels-last generator; about a tenth of "
+                        "--paper-budget's time (benchmarks/RESULTS.md, 'Time to quality')")
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--meta-steps", type=int, default=None)
     p.add_argument("--grad-steps", type=int, default=None)
@@ -494,7 +533,7 @@ def _run_project(args: argparse.Namespace) -> int:
     out = Path(args.out or "latentx-project")
     jobs = batch.make_jobs(images, many, out, args.box, args.boxes)
     budget = _budget(args)
-    config = batch.run_config(args, budget)
+    config = batch.run_config(args, budget, transform_setting(args))
     write_config = many and check_run_config(out / batch.CONFIG, config, overwrite=args.overwrite)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -547,7 +586,7 @@ def _run_jobs(args, jobs, many: bool, out: Path, budget: dict, config: dict, wri
             try:
                 record = run_projection(
                     read_image(job.image), job.box, job.folder, generator=generator, method=args.method,
-                    transform=not args.no_transform, device=args.device, work_size=args.work_size,
+                    transform=transform_setting(args), device=args.device, work_size=args.work_size,
                     context=args.context, seed=args.seed, budget=budget, label=str(job.image),
                     finetune_steps=args.finetune_steps, progress=not (many or args.no_progress),
                     extra={"source": job.source}, encoder=encoder, class_spec=class_spec)
@@ -604,9 +643,9 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"latentx demo: projecting the face in skimage.data.astronaut() (box x0,y0,x1,y1 = "
           f"{ASTRONAUT_FACE_BOX}) into {generator.name} ({generator.resolution[0]}×{generator.resolution[1]}, "
           f"z_dim {generator.z_dim}), method {args.method}"
-          f"{'' if args.no_transform else ' + transform search'}, budget {budget}")
+          f"{TRANSFORM_LABELS[transform_setting(args)]}, budget {budget}")
     record = run_projection(photo, ASTRONAUT_FACE_BOX, out, generator=generator, method=args.method,
-                            transform=not args.no_transform, device=args.device, work_size=args.work_size,
+                            transform=transform_setting(args), device=args.device, work_size=args.work_size,
                             context=args.context, seed=args.seed, budget=budget,
                             label="skimage.data.astronaut()", finetune_steps=args.finetune_steps,
                             extra={"face_box_note": "ASTRONAUT_FACE_BOX in latentx/cli/project.py"},

@@ -198,10 +198,11 @@ def is_done(job: Job, record: Optional[dict]) -> bool:
     return same_box and record.get("source", job.source) == job.source
 
 
-def run_config(args, budget: dict) -> dict:
-    """The settings that decide a result; a run resumed in the same ``--out`` must match."""
+def run_config(args, budget: dict, transform) -> dict:
+    """The settings that decide a result; a run resumed in the same ``--out`` must match.
+    ``transform``: project()'s (True, "init" or False)."""
     config = {"generator": args.generator, "checkpoint_sha256": _sha256(getattr(args, "checkpoint", None)),
-              "method": args.method, "transform": not args.no_transform, "seed": args.seed, "budget": budget,
+              "method": args.method, "transform": transform, "seed": args.seed, "budget": budget,
               "work_size": args.work_size, "context": args.context, "finetune_steps": args.finetune_steps}
     # Absent unless used: older config.json files still match.
     if getattr(args, "encoder", None) is not None:
