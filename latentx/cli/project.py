@@ -454,8 +454,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true",
                    help="time-to-quality settings: Adam (or hybrid) from 18 seeds, 150 steps with successive "
                         "halving, phi0 from the box instead of the transform search, the 3 best seeds refined "
-                        "in z and phi (300 steps), the BN-folded channels-last generator; about a tenth of "
-                        "--paper-budget's time (benchmarks/RESULTS.md, 'Time to quality')")
+                        "in z and phi (300 steps), the BN-folded channels-last generator; the demo runs in about a "
+                        "seventh of --paper-budget's time (benchmarks/RESULTS.md, 'Time to quality')")
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--meta-steps", type=int, default=None)
     p.add_argument("--grad-steps", type=int, default=None)
