@@ -70,21 +70,22 @@ from latentx import models
 from latentx.benchmarks.bench_projection import (Pix2LatentStyle, TINY_BUDGET, astronaut_targets,
                                                  check_agreement, describe_budget, lpips_package_module, quiet)
 from latentx.benchmarks.timing import format_table, synchronize
-from latentx.cli.project import PAPER_BUDGET
+from latentx.cli.project import FAST_BUDGET, PAPER_BUDGET
 from latentx.projection import default_lpips, masks_from_boxes, project
 from latentx.projection.problem import Problem
 
 IMAGES = 4
-FAST = dict(method="adam", transform="init", seeds=18, adam_steps=150, halving=(25, 50, 100),
-            refine_steps=300, refine_seeds=3, fast_generator=True, target_every=5, restarts=3)
+# `latentx project --fast`'s settings (FAST_BUDGET), with the target checked every 5 steps and
+# up to 3 restarts
+FAST = dict(method="adam", transform="init", **FAST_BUDGET, target_every=5, restarts=3)
 # --quick: seconds in all (a smoke test of the benchmark, not a measurement)
 QUICK_BASELINE = dict(TINY_BUDGET, meta_steps=3, transform_meta_steps=3, last_grad_steps=5)
+QUICK_FAST = dict(FAST, seeds=2, adam_steps=6, halving=(3,), refine_steps=10, refine_seeds=2, target_every=2,
+                  restarts=1)
 # --ablation-from: FAST with one step removed at a time
 ABLATIONS = {"FAST (every step)": {}, "no successive halving": dict(halving=None),
              "no photo-frame refinement": dict(refine_steps=0), "no fast generator": dict(fast_generator=False),
              "no restarts": dict(restarts=0)}
-QUICK_FAST = dict(FAST, seeds=2, adam_steps=6, halving=(3,), refine_steps=10, refine_seeds=2, target_every=2,
-                  restarts=1)
 
 
 def baseline_evaluations(budget: dict) -> int:
