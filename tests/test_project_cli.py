@@ -511,3 +511,18 @@ def test_fast_runs_the_time_to_quality_settings_and_refuses_conflicts(tmp_path, 
         assert run_cli([*fast, *extra, "--out", tmp_path / "bad"]) == 2, extra
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err, (extra, err)
+
+
+def test_summary_of_a_result_without_evaluation_counts_leaves_them_blank(tmp_path):
+    from latentx.cli import project_batch as batch
+
+    losses = {"l1": 0.1, "l2": 0.2, "lpips": 0.3, "total": 0.4}
+    row = {"index": 0, "image": "old.png", "folder": "old", "box": [0, 0, 8, 8], "status": "done", "best": losses,
+           "mean_of_seeds": losses, "best_seed": 0, "seconds": 1.0, "evaluations": None}
+    batch.write_summary(tmp_path, [row, dict(row, image="new.png", folder="new",
+                                             evaluations=batch.evaluation_totals(
+                                                 {"latent": {"forward": 3.0, "backward": 2.0},
+                                                  "score": {"forward": 1.0, "backward": 0.0}}))], {})
+    old, new = csv.DictReader((tmp_path / "summary.csv").open())
+    assert (old["forward_per_seed"], old["backward_per_seed"]) == ("", "")  # unknown, not 0
+    assert (float(new["forward_per_seed"]), float(new["backward_per_seed"])) == (4.0, 2.0)

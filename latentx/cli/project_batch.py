@@ -237,7 +237,8 @@ def summary_rows(jobs: Sequence[Job], out: Path) -> list[dict]:
             row.update(status="done", best={k: record["best"][k] for k in LOSS_NAMES},
                        mean_of_seeds={k: record["mean_of_seeds"][k] for k in LOSS_NAMES},
                        best_seed=record.get("best_seed"), seconds=record.get("seconds"),
-                       evaluations=evaluation_totals(record.get("evaluations", {})))
+                       # None: a result.json written before the counts were recorded
+                       evaluations=evaluation_totals(record["evaluations"]) if "evaluations" in record else None)
             if "finetune" in record:
                 row["finetune_total"] = record["finetune"]["losses"].get("total")
         elif (job.folder / ERROR).is_file():
@@ -285,7 +286,8 @@ def write_summary(out: Path, rows: list[dict], meta: dict) -> dict:
             flat.update({f"best_{k}": r["best"][k] for k in LOSS_NAMES})
             flat.update(mean_of_seeds_total=r["mean_of_seeds"]["total"], best_seed=r["best_seed"],
                         finetune_total=r.get("finetune_total", ""), seconds=r["seconds"],
-                        forward_per_seed=r["evaluations"]["forward"], backward_per_seed=r["evaluations"]["backward"])
+                        **({"forward_per_seed": r["evaluations"]["forward"],
+                            "backward_per_seed": r["evaluations"]["backward"]} if r["evaluations"] else {}))
         writer.writerow(flat)
     atomic_write_text(out / SUMMARY_CSV, buffer.getvalue())
     return summary
