@@ -113,6 +113,27 @@ def baseline_quality(generator, lp, image: torch.Tensor, box: Sequence[float], r
         return quiet(lambda: P.photo_loss(out, phi)["total"]).double().cpu()
 
 
+def latentx_setup(device: torch.device, n_images: int):
+    """The face DCGAN, latentx's LPIPS and the first ``n_images`` astronaut targets (images,
+    boxes), after one untimed tiny projection (first-call allocations, the fast generator copy)."""
+    generator = models.load("face-dcgan", device=device)
+    lp, _ = quiet(lambda: default_lpips("alex", device))
+    images, boxes = astronaut_targets(n_images, device)
+    quiet(lambda: project(generator, images[:1], boxes=boxes[:1], seed=0, perceptual=lp, progress=False,
+                          **dict(QUICK_FAST, restarts=0)))
+    return generator, lp, images, boxes
+
+
+def to_target(generator, lp, images: torch.Tensor, boxes: list, b: int, target: float, settings: dict):
+    """latentx on image b with ``target_loss=target``: (seconds to the target, or the whole
+    call's where it was missed; reached; the ProjectionResult)."""
+    res = quiet(lambda: project(generator, images[b:b + 1], boxes=boxes[b:b + 1], seed=b, perceptual=lp,
+                                progress=False, target_loss=target, **settings))
+    synchronize(images.device)
+    reached = bool(res.reached[0])
+    return (float(res.reached_seconds[0]) if reached else res.seconds), reached, res
+
+
 def run(device: torch.device, quick: bool, repeats: int = 1, *, images: Optional[int] = None,
         threads: Optional[int] = None, fast: Optional[dict] = None, baseline_budget: Optional[dict] = None,
         with_paper: bool = False) -> list[dict]:
@@ -134,18 +155,14 @@ def _run(device, quick, n_images, fast, baseline_budget, with_paper) -> list[dic
     budget = dict(baseline_budget or (QUICK_BASELINE if quick else PAPER_BUDGET))
     n_images = n_images or (1 if quick else IMAGES)
     load_start = os.getloadavg()
-    generator = models.load("face-dcgan", device=device)
+    generator, lp, images, boxes = latentx_setup(device, n_images)
     lp_package = lpips_package_module(device)
-    lp, _ = quiet(lambda: default_lpips("alex", device))
-    images, boxes = astronaut_targets(n_images, device)
     rel = check_agreement(generator, lp_package, images, boxes)
     base = Pix2LatentStyle(generator, lp_package)
     case = (f"face-dcgan 64x64, 128x128 astronaut crops; baseline {describe_budget(budget)}; {device.type} "
             f"{torch.get_num_threads()} thread(s)")
-    # warm-up (untimed): first-call allocations, pycma and lpips set-up, the fast generator copy
+    # warm-up (untimed): first-call allocations, pycma and lpips set-up
     quiet(lambda: base.project(images[0], boxes[0], seed=0, **QUICK_BASELINE))
-    quiet(lambda: project(generator, images[:1], boxes=boxes[:1], seed=0, perceptual=lp, progress=False,
-                          **dict(QUICK_FAST, restarts=0)))
     base_evals = baseline_evaluations(budget)
     rows = []
     for b in range(n_images):
@@ -156,11 +173,7 @@ def _run(device, quick, n_images, fast, baseline_budget, with_paper) -> list[dic
         t_base = time.perf_counter() - t0
         l_base = float(baseline_quality(generator, lp, images[b], boxes[b], r).min())
 
-        res = quiet(lambda: project(generator, images[b:b + 1], boxes=boxes[b:b + 1], seed=b, perceptual=lp,
-                                    progress=False, target_loss=l_base, **fast))
-        synchronize(device)
-        reached = bool(res.reached[0])
-        t_lx = float(res.reached_seconds[0]) if reached else res.seconds
+        t_lx, reached, res = to_target(generator, lp, images, boxes, b, l_base, fast)
         l_lx = float(res.losses["total"][0].min())
         lx_evals = sum(int(v[0].sum()) for counts in res.evaluations.values() for v in counts.values())
         attempts = 1 if res.attempts is None else int(res.attempts[0])
@@ -217,22 +230,15 @@ def ablation(device: torch.device, baseline_rows: Sequence[dict], *, threads: Op
         per_image = [r for r in baseline_rows if isinstance(r.get("image"), int)]
         if not per_image:
             raise ValueError("ablation: baseline_rows has no per-image rows (expected a full run's --json)")
-        generator = models.load("face-dcgan", device=device)
-        lp, _ = quiet(lambda: default_lpips("alex", device))
-        images, boxes = astronaut_targets(max(r["image"] for r in per_image) + 1, device)
-        quiet(lambda: project(generator, images[:1], boxes=boxes[:1], seed=0, perceptual=lp, progress=False,
-                              **dict(QUICK_FAST, restarts=0)))  # warm-up
+        generator, lp, images, boxes = latentx_setup(device, max(r["image"] for r in per_image) + 1)
         load_start = os.getloadavg()
         times: dict[str, list] = {name: [] for name in ABLATIONS}
         reached: dict[str, list] = {name: [] for name in ABLATIONS}
         for r in per_image:
             b = r["image"]
             for name, change in ABLATIONS.items():
-                res = quiet(lambda: project(generator, images[b:b + 1], boxes=boxes[b:b + 1], seed=b, perceptual=lp,
-                                            progress=False, target_loss=r["baseline loss"], **{**fast, **change}))
-                synchronize(device)
-                ok = bool(res.reached[0])
-                times[name].append(float(res.reached_seconds[0]) if ok else res.seconds)
+                seconds, ok, _ = to_target(generator, lp, images, boxes, b, r["baseline loss"], {**fast, **change})
+                times[name].append(seconds)
                 reached[name].append(ok)
                 print(f"time_to_quality ablation image {b}, {name}: {times[name][-1]:.1f} s reached={ok}",
                       file=sys.stderr, flush=True)

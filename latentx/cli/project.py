@@ -322,11 +322,11 @@ def check_settings(args: argparse.Namespace) -> None:
     (shared by demo and project); fills in --method's default, which depends on --fast."""
     if args.method is None:
         args.method = "adam" if args.fast else "basincma"
-    if args.fast and args.paper_budget:
-        raise ValueError("--fast and --paper-budget are two different budgets; pass one")
-    if args.fast and args.method not in ("adam", "hybrid"):
-        raise ValueError(f"--fast runs Adam (or hybrid: Adam from the encoder's guess), not --method {args.method}")
     if args.fast:
+        if args.paper_budget:
+            raise ValueError("--fast and --paper-budget are two different budgets; pass one")
+        if args.method not in ("adam", "hybrid"):
+            raise ValueError(f"--fast runs Adam (or hybrid: Adam from the encoder's guess), not --method {args.method}")
         for name in ("meta_steps", "grad_steps", "last_grad_steps", "transform_meta_steps", "transform_grad_steps"):
             if getattr(args, name, None) is not None:
                 raise ValueError(f"--{name.replace('_', '-')} is not used by --fast (no BasinCMA, no transform "
